@@ -1,0 +1,172 @@
+"""Decoding, resizing, binarization and contact sheets: the image operations every stage shares.
+
+Binarized images are uint8 with text at 255 on a 0 background, whatever the site's colours were, so
+synthetic and real images meet in one representation.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from skimage.filters import threshold_otsu, threshold_sauvola
+from tqdm import tqdm
+
+from .config import BinarizeConfig
+from .errors import SimcaptchaError
+from .store import write_bytes
+
+Image.MAX_IMAGE_PIXELS = 50_000_000  # a captcha is tiny; anything bigger is a decompression bomb
+BACKGROUND_SAMPLE = 2000  # images used to estimate the background colours of a site
+
+
+def decode_image(blob: bytes, name: str) -> np.ndarray:
+    """Decode one encoded image to RGB uint8 H×W×3, naming the image when it is broken."""
+    if not blob:
+        raise SimcaptchaError(f"image {name!r}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as image:
+                image.load()
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    rgba = image.convert("RGBA")
+                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+                return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SimcaptchaError(f"image {name!r}: cannot decode ({error})") from None
+
+
+def fit_to_size(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize keeping the aspect ratio, then pad to height×width with the image's border colour.
+
+    Stretching would change stroke shapes between sites' images of different sizes; padding does not.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    scale = min(height / h, width / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    fill = np.median(border, axis=0).astype(np.uint8)
+    canvas = np.empty((height, width) + image.shape[2:], dtype=np.uint8)
+    canvas[...] = fill
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def estimate_background(pool: np.ndarray, mode: str) -> np.ndarray | None:
+    """The site's background colour per column, per row or per pixel: the median over the pool.
+
+    Text and noise move from captcha to captcha while the background bands stay, so the median over
+    many images (and over the band's other axis) recovers the bands. Returns float32, broadcastable
+    against H×W×3 images, or None for mode "none".
+    """
+    if mode == "none":
+        return None
+    step = max(1, len(pool) // BACKGROUND_SAMPLE)
+    sample = pool[::step].astype(np.float32)
+    if mode == "columns":
+        return np.median(sample.reshape(-1, sample.shape[2], 3), axis=0)[None]
+    if mode == "rows":
+        return np.median(sample.transpose(0, 2, 1, 3).reshape(-1, sample.shape[1], 3), axis=0)[:, None]
+    return np.median(sample, axis=0)
+
+
+def foreground_score(images: np.ndarray, background: np.ndarray | None, config: BinarizeConfig,
+                     polarity: str) -> np.ndarray:
+    """Per-pixel evidence of text in 0..1 (float32 N×H×W): distance from the background, or brightness."""
+    rgb = images.astype(np.float32)
+    if background is not None:
+        return np.linalg.norm(rgb - background, axis=-1) / (255.0 * np.sqrt(3.0))
+    if config.gray == "min":
+        gray = rgb.min(axis=-1)
+    elif config.gray == "max":
+        gray = rgb.max(axis=-1)
+    else:
+        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gray /= 255.0
+    return 1.0 - gray if polarity == "dark" else gray
+
+
+def detect_polarity(images: np.ndarray, config: BinarizeConfig) -> str:
+    """Text is the minority of pixels: a bright majority means dark text."""
+    if config.polarity != "auto":
+        return config.polarity
+    luma = images[: BACKGROUND_SAMPLE].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return "dark" if np.median(luma) > 127.5 else "light"
+
+
+def threshold_scores(scores: np.ndarray, config: BinarizeConfig) -> np.ndarray:
+    """Turn foreground scores into uint8 images, text 255 on 0 (or scaled scores for method "none")."""
+    if config.method == "none":
+        return np.clip(scores * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty(scores.shape, dtype=np.uint8)
+    for index, score in enumerate(scores):
+        if config.method == "fixed":
+            level = config.threshold
+        elif config.method == "sauvola":
+            level = threshold_sauvola(score, window_size=config.sauvola_window | 1)
+        elif score.max() - score.min() < 1e-6:  # a blank image has no two classes for Otsu
+            level = 1.0
+        else:
+            level = threshold_otsu(score)
+        out[index] = np.where(score > level, 255, 0)
+    return out
+
+
+def binarize_images(images: np.ndarray, background: np.ndarray | None, config: BinarizeConfig,
+                    polarity: str, batch: int = 1000) -> np.ndarray:
+    """Binarize RGB uint8 N×H×W×3 images in batches (the float scores of 20,000 images would not be small)."""
+    parts = [threshold_scores(foreground_score(images[i:i + batch], background, config, polarity), config)
+             for i in range(0, len(images), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0,) + images.shape[1:3], dtype=np.uint8)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+
+
+def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[str] | None = None, columns: int = 8,
+                  scale: int = 2, pad: int = 2) -> Image.Image:
+    """A grid of images (gray or RGB, any sizes) with an optional caption under each, for people to look at."""
+    if not len(images):
+        return Image.new("RGB", (1, 1), "white")
+    font = ImageFont.load_default()
+    cell_h = max(image.shape[0] for image in images) * scale
+    cell_w = max(image.shape[1] for image in images) * scale
+    caption_h = 12 if captions is not None else 0
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * (cell_w + pad) + pad, rows * (cell_h + caption_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, image in enumerate(images):
+        x = pad + (index % columns) * (cell_w + pad)
+        y = pad + (index // columns) * (cell_h + caption_h + pad)
+        tile = Image.fromarray(to_rgb(np.asarray(image, dtype=np.uint8)))
+        sheet.paste(tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST), (x, y))
+        if captions is not None:
+            draw.text((x, y + cell_h), str(captions[index])[: cell_w // 6], fill=(0, 0, 0), font=font)
+    return sheet
+
+
+def save_png(path, image: Image.Image | np.ndarray) -> None:
+    """Write a PNG atomically (contact sheets are DVC outputs too)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
+
+
+def decode_set(blobs: Sequence[bytes], names: Sequence[str], height: int, width: int) -> np.ndarray:
+    """Decode encoded images and fit each to height×width: RGB uint8 N×H×W×3 (mixed sizes and modes allowed)."""
+    out = np.empty((len(blobs), height, width, 3), dtype=np.uint8)
+    for index, (blob, name) in enumerate(tqdm(zip(blobs, names), total=len(blobs), desc="decode", unit="img")):
+        out[index] = fit_to_size(decode_image(blob, name), height, width)
+    return out

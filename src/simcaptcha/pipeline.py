@@ -1,0 +1,31 @@
+"""Where the pipeline's artifacts live (the same paths dvc.yaml declares) and how a stage reports itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .store import write_json
+
+DATA = Path("data")
+FETCHED = DATA / "fetched"  # encoded images as fetched: unlabelled/, labelled/
+BINARIZED = DATA / "binarized"  # text 255 on 0, fixed size: unlabelled/, labelled/
+MASK = DATA / "mask" / "mask.png"
+SYNTHETIC = DATA / "synthetic"  # rendered: captchas/, glyphs/
+AUGMENTED = DATA / "augmented"  # captchas/, glyphs/
+FETCH_CACHE = Path(".cache") / "fetch"  # partial downloads kept for resuming a killed fetch
+METRICS = Path("metrics")
+IMAGES = METRICS / "images"
+ROLES = ("unlabelled", "labelled")
+
+
+@contextmanager
+def stage_metrics(name: str) -> Iterator[dict]:
+    """Collect a stage's figures and write them, with its wall time, to metrics/<name>.json on success."""
+    figures: dict = {}
+    start = time.perf_counter()
+    yield figures
+    figures["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(METRICS / f"{name}.json", figures)

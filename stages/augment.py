@@ -1,0 +1,29 @@
+"""DVC stage augment: N stored variants of every synthetic image (Keras-style geometry, blur, noise, warps, JPEG)."""
+
+import pandas as pd
+
+from simcaptcha.augment import augment_images
+from simcaptcha.config import load_config
+from simcaptcha.errors import run_main
+from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.pipeline import AUGMENTED, IMAGES, SYNTHETIC, stage_metrics
+from simcaptcha.store import read_image_set, write_image_set
+
+
+def main() -> None:
+    config = load_config().augment
+    with stage_metrics("augment") as figures:
+        for offset, kind in enumerate(("captchas", "glyphs")):
+            synthetic = read_image_set(SYNTHETIC / kind)
+            images, source_index = augment_images(synthetic.images, config, config.seed + offset)
+            manifest = synthetic.manifest.iloc[source_index].reset_index(drop=True)
+            manifest["name"] = [f"{name}-v{variant}" for name, variant in
+                                zip(manifest["name"], pd.Series(source_index).groupby(source_index).cumcount())]
+            write_image_set(AUGMENTED / kind, images, manifest, config.shard_size)
+            figures[kind] = {"images": len(images)}
+            save_png(IMAGES / f"augment-{kind}.png", contact_sheet(list(images[:32]), manifest["label"][:32].tolist(),
+                                                                   columns=8))
+
+
+if __name__ == "__main__":
+    run_main(main)

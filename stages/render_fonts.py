@@ -1,0 +1,40 @@
+"""DVC stage render-fonts: labelled synthetic captchas and single glyphs drawn from the font pool, with the mask."""
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from simcaptcha.config import load_config
+from simcaptcha.errors import run_main
+from simcaptcha.fonts import resolve_fonts
+from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.mask import load_mask
+from simcaptcha.pipeline import IMAGES, MASK, SYNTHETIC, stage_metrics
+from simcaptcha.rendering import Renderer, check_fonts, render_set
+from simcaptcha.store import write_image_set
+
+
+def main() -> None:
+    params = load_config()
+    config = params.render
+    height, width = params.binarize.size
+    fonts = resolve_fonts(config.fonts)
+    check_fonts(fonts, config.charset)
+    mask = load_mask(MASK, height, width) if config.use_mask else np.zeros((height, width), dtype=bool)
+    renderer = Renderer(config, height, width, tuple(str(path) for path in fonts), mask)
+    with stage_metrics("render-fonts") as figures:
+        figures["fonts"] = len(fonts)
+        for kind, count in (("captcha", config.count), ("glyph", config.glyph_count)):
+            start = time.perf_counter()
+            images, labels = render_set(renderer, kind, count, config.workers)
+            seconds = time.perf_counter() - start
+            names = [f"{kind}-{index:06d}" for index in range(count)]
+            manifest = pd.DataFrame({"name": names, "label": labels, "source": "render"})
+            write_image_set(SYNTHETIC / f"{kind}s", images, manifest, config.shard_size)
+            figures[f"{kind}s"] = {"images": count, "per_second": round(count / max(seconds, 1e-9))}
+            save_png(IMAGES / f"render-{kind}s.png", contact_sheet(list(images[:32]), labels[:32], columns=8))
+
+
+if __name__ == "__main__":
+    run_main(main)
