@@ -1,5 +1,6 @@
 """DVC stage render-fonts: labelled synthetic captchas and single glyphs drawn from the font pool, with the mask."""
 
+import sys
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from simcaptcha.fonts import resolve_fonts
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import load_mask
 from simcaptcha.pipeline import IMAGES, MASK, SYNTHETIC, stage_metrics
-from simcaptcha.rendering import Renderer, check_fonts, render_set
+from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set
 from simcaptcha.store import write_image_set
 
 
@@ -19,12 +20,14 @@ def main() -> None:
     params = load_config()
     config = params.render
     height, width = params.binarize.size
-    fonts = resolve_fonts(config.fonts)
-    check_fonts(fonts, config.charset)
+    fonts, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
+    for path in lacking:
+        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
     mask = load_mask(MASK, height, width) if config.use_mask else np.zeros((height, width), dtype=bool)
     renderer = Renderer(config, height, width, tuple(str(path) for path in fonts), mask)
     with stage_metrics("render-fonts") as figures:
         figures["fonts"] = len(fonts)
+        figures["fonts_skipped"] = len(lacking)
         for kind, count in (("captcha", config.count), ("glyph", config.glyph_count)):
             start = time.perf_counter()
             images, labels = render_set(renderer, kind, count, config.workers)

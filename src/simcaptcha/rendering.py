@@ -169,15 +169,22 @@ def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple
     return np.concatenate([images for images, _ in results]), [label for _, labels in results for label in labels]
 
 
-def check_fonts(fonts: list[Path], charset: str) -> None:
-    """Every font must draw every character of the charset; a missing glyph would teach wrong labels.
+def fonts_with_glyphs(fonts: list[Path], charset: str) -> tuple[list[Path], list[Path]]:
+    """Split fonts into those that draw every character of the charset and those that do not.
 
-    A missing glyph draws as the font's "not defined" box (or nothing), so compare with a code point
-    that no font defines.
+    A missing glyph would teach the reader a wrong shape for a label. It draws as the font's "not defined"
+    box (or as nothing), so each glyph is compared with a code point that no font defines.
     """
+    usable, lacking = [], []
     for path in fonts:
         missing = np.asarray(glyph_bitmap(str(path), 32, 0, "\U0010fffd"))
         for char in charset.replace(" ", ""):
             bitmap = np.asarray(glyph_bitmap(str(path), 32, 0, char))
             if not bitmap.any() or (bitmap.shape == missing.shape and np.array_equal(bitmap, missing)):
-                raise SimcaptchaError(f"font {path}: has no glyph for {char!r} of render.charset")
+                lacking.append(path)
+                break
+        else:
+            usable.append(path)
+    if not usable:
+        raise SimcaptchaError(f"render.fonts: no font draws every character of render.charset {charset!r}")
+    return usable, lacking
