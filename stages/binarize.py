@@ -5,8 +5,8 @@ import numpy as np
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.imaging import (binarize_images, contact_sheet, decode_set, detect_polarity, estimate_background,
-                                save_png)
-from simcaptcha.pipeline import BINARIZED, FETCHED, IMAGES, ROLES, stage_metrics
+                                save_png, save_preprocessing)
+from simcaptcha.pipeline import BINARIZED, FETCHED, IMAGES, PREPROCESSING, ROLES, stage_metrics
 from simcaptcha.store import read_encoded_set, write_image_set
 
 
@@ -21,6 +21,7 @@ def main() -> None:
         pool = colour["unlabelled"][0]
         background = estimate_background(pool, config.background)
         polarity = detect_polarity(pool, config)
+        save_preprocessing(PREPROCESSING, background, polarity)
         for role, (images, manifest) in colour.items():
             binary = binarize_images(images, background, config, polarity)
             write_image_set(BINARIZED / role, binary, manifest, config.shard_size)

@@ -92,9 +92,15 @@ class RenderConfig:
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random
     use_mask: bool = True  # composite the site's fixed-noise mask
-    seed: int = 0
+    seed: int = bounded(0, 0)
     workers: int = bounded(0, 0)  # processes; 0 = one per core
     shard_size: int = bounded(10000, 1)
+
+    def __post_init__(self) -> None:
+        if not self.charset:
+            raise SimcaptchaError("params: render.charset is empty")
+        if len(set(self.charset)) != len(self.charset):
+            raise SimcaptchaError(f"params: render.charset {self.charset!r} repeats a character")
 
 
 # ---------------------------------------------------------------- augment
@@ -116,7 +122,7 @@ class AugmentConfig:
     perspective: float = bounded(0.0, 0.0, 0.5)  # corner jitter, fraction of the image size
     jpeg_probability: float = bounded(0.0, 0.0, 1.0)  # share of images re-encoded as JPEG
     jpeg_quality: list[int] = bounded([30, 95], 1, 100)
-    seed: int = 0
+    seed: int = bounded(0, 0)
     batch_size: int = bounded(512, 1)
     shard_size: int = bounded(10000, 1)
 
@@ -136,6 +142,8 @@ def _type_name(hint: Any) -> str:
 
 
 def _check_range(value: Any, key: str, low: float | None, high: float | None) -> None:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SimcaptchaError(f"params: {key} must be a finite number, got {value}")
     if low is not None and value < low:
         raise SimcaptchaError(f"params: {key} = {value} is below its minimum {low}")
     if high is not None and value > high:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .config import BinarizeConfig
 from .errors import SimcaptchaError
-from .store import write_bytes
+from .store import load_npz, save_npz, write_bytes
 
 Image.MAX_IMAGE_PIXELS = 50_000_000  # a captcha is tiny; anything bigger is a decompression bomb
 BACKGROUND_SAMPLE = 2000  # images used to estimate the background colours of a site
@@ -36,6 +36,11 @@ def decode_image(blob: bytes, name: str) -> np.ndarray:
                     rgba = image.convert("RGBA")
                     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+                if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit gray: scale, don't clip
+                    levels = np.asarray(image, dtype=np.float64)
+                    top = 65535.0 if image.mode.startswith("I;16") else max(float(levels.max()), 1.0)
+                    gray = np.clip(levels * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+                    return np.repeat(gray[..., None], 3, axis=-1)
                 return np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise SimcaptchaError(f"image {name!r}: cannot decode ({error})") from None
@@ -77,6 +82,18 @@ def estimate_background(pool: np.ndarray, mode: str) -> np.ndarray | None:
     if mode == "rows":
         return np.median(sample.transpose(0, 2, 1, 3).reshape(-1, sample.shape[1], 3), axis=0)[:, None]
     return np.median(sample, axis=0)
+
+
+def save_preprocessing(path, background: np.ndarray | None, polarity: str) -> None:
+    """Keep what binarizing a new image of the site needs: its background estimate and text polarity."""
+    save_npz(path, background=np.zeros((0,), np.float32) if background is None else background.astype(np.float32),
+             polarity=np.array(polarity))
+
+
+def load_preprocessing(path) -> tuple[np.ndarray | None, str]:
+    arrays = load_npz(path)
+    background = arrays["background"]
+    return (background if background.size else None), str(arrays["polarity"])
 
 
 def foreground_score(images: np.ndarray, background: np.ndarray | None, config: BinarizeConfig,

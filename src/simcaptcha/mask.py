@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from skimage.morphology import binary_dilation, disk
+from scipy.ndimage import binary_dilation
+from skimage.morphology import disk
 
 from .config import MaskConfig
 from .errors import SimcaptchaError
@@ -29,7 +30,7 @@ def estimate_mask(images: np.ndarray, config: MaskConfig) -> np.ndarray:
     share = lit_share(images)
     mask = share >= 1.0 if config.method == "and" else share >= config.threshold
     if config.dilate:
-        mask = binary_dilation(mask, disk(config.dilate))
+        mask = binary_dilation(mask, structure=disk(config.dilate))
     return mask
 
 

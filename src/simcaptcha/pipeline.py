@@ -12,6 +12,7 @@ from .store import write_json
 DATA = Path("data")
 FETCHED = DATA / "fetched"  # encoded images as fetched: unlabelled/, labelled/
 BINARIZED = DATA / "binarized"  # text 255 on 0, fixed size: unlabelled/, labelled/
+PREPROCESSING = BINARIZED / "preprocessing.npz"  # the site's background estimate and text polarity, for predict
 MASK = DATA / "mask" / "mask.png"
 SYNTHETIC = DATA / "synthetic"  # rendered: captchas/, glyphs/
 AUGMENTED = DATA / "augmented"  # captchas/, glyphs/

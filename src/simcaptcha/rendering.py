@@ -152,7 +152,7 @@ def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple
     workers = workers or os.cpu_count() or 1
     progress = tqdm(total=count, desc=f"render {kind}s", unit="img")
     results = []
-    if workers == 1 or len(jobs) == 1:
+    if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             results.append(renderer.render_chunk(job))
             progress.update(job[2])

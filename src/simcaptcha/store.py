@@ -7,6 +7,7 @@ one file per image, and the manifest keeps the set readable without Python.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -85,7 +86,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise SimcaptchaError(f"{path}: no such file (run the stage that makes it first)") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise SimcaptchaError(f"{path}: not a readable .npz file ({error})") from None
 
 
@@ -104,7 +105,7 @@ def empty_manifest() -> pd.DataFrame:
 
 def write_manifest(path: Path, manifest: pd.DataFrame) -> None:
     buffer = io.StringIO()
-    manifest.to_csv(buffer, index=False, lineterminator="\n")
+    manifest.to_csv(buffer, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     write_bytes(path, buffer.getvalue().encode())
 
 
