@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SAMPLES
+
 from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig
 from simcaptcha.errors import SimcaptchaError
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples" / "hackmit2017"
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -104,25 +105,25 @@ def test_decode_16_bit_gray_png_keeps_its_levels():
 
 
 def test_decode_empty_bytes_names_the_image():
-    with pytest.raises(SimcaptchaError, match=r"image 'abc\.jpg': empty file"):
+    with pytest.raises(SimcaptchaError, match=r"^abc\.jpg: empty file"):
         imaging.decode_image(b"", "abc.jpg")
 
 
 @pytest.mark.parametrize("blob", [b"this is not an image", b"\xff\xd8\xff\xe0" + b"\x00" * 20])
 def test_decode_garbage_names_the_image(blob):
-    with pytest.raises(SimcaptchaError, match=r"image 'junk-7': cannot decode"):
+    with pytest.raises(SimcaptchaError, match=r"^junk-7: not a readable image"):
         imaging.decode_image(blob, "junk-7")
 
 
 def test_decode_truncated_jpeg_names_the_image():
     data = encode(Image.new("RGB", (100, 50), (200, 10, 10)), "JPEG")
-    with pytest.raises(SimcaptchaError, match=r"image 'half': cannot decode"):
+    with pytest.raises(SimcaptchaError, match=r"^half: not a readable image"):
         imaging.decode_image(data[: len(data) // 2], "half")
 
 
 def test_decode_refuses_decompression_bombs():
     data = encode(Image.new("1", (10000, 10000)))
-    with pytest.raises(SimcaptchaError, match=r"image 'bomb'"):
+    with pytest.raises(SimcaptchaError, match=r"^bomb: "):
         imaging.decode_image(data, "bomb")
 
 

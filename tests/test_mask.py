@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SAMPLES
+
 from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig, MaskConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.mask import estimate_mask, lit_share, load_mask, mask_figures
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples" / "hackmit2017"
 
 
 @pytest.fixture(scope="module")

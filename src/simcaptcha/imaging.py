@@ -24,9 +24,9 @@ BACKGROUND_SAMPLE = 2000  # images used to estimate the background colours of a 
 
 
 def decode_image(blob: bytes, name: str) -> np.ndarray:
-    """Decode one encoded image to RGB uint8 H×W×3, naming the image when it is broken."""
+    """Decode one encoded image to RGB uint8 H×W×3; ``name`` says which image in any error."""
     if not blob:
-        raise SimcaptchaError(f"image {name!r}: empty file")
+        raise SimcaptchaError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -43,7 +43,7 @@ def decode_image(blob: bytes, name: str) -> np.ndarray:
                     return np.repeat(gray[..., None], 3, axis=-1)
                 return np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise SimcaptchaError(f"image {name!r}: cannot decode ({error})") from None
+        raise SimcaptchaError(f"{name}: not a readable image ({' '.join(str(error).split())})") from None
 
 
 def fit_to_size(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -185,5 +185,5 @@ def decode_set(blobs: Sequence[bytes], names: Sequence[str], height: int, width:
     """Decode encoded images and fit each to height×width: RGB uint8 N×H×W×3 (mixed sizes and modes allowed)."""
     out = np.empty((len(blobs), height, width, 3), dtype=np.uint8)
     for index, (blob, name) in enumerate(tqdm(zip(blobs, names), total=len(blobs), desc="decode", unit="img")):
-        out[index] = fit_to_size(decode_image(blob, name), height, width)
+        out[index] = fit_to_size(decode_image(blob, f"image {name!r}"), height, width)
     return out
