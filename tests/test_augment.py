@@ -176,6 +176,17 @@ def test_sampled_parameters_span_their_ranges(config, seed):
     assert float((params.jpeg_quality > 0).float().mean()) == pytest.approx(config.jpeg_probability, abs=0.1)
 
 
+def test_zoom_is_drawn_for_each_axis_like_keras():
+    zoom = sample_params(400, 20, 30, replace(NEUTRAL, zoom_range=[0.5, 2.0]), torch.Generator()).zoom
+    assert abs(float(torch.corrcoef(zoom.T)[0, 1])) < 0.2
+
+
+def test_jpeg_quality_takes_every_integer_in_its_range():
+    config = replace(NEUTRAL, jpeg_probability=1.0, jpeg_quality=[40, 44])
+    quality = sample_params(400, 20, 30, config, torch.Generator()).jpeg_quality
+    assert set(quality.tolist()) == {40, 41, 42, 43, 44}
+
+
 # ---------------------------------------------------------------- geometry
 @SETTINGS
 @given(dx=st.floats(-8, 8), dy=st.floats(-8, 8))

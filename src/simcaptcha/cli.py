@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from .config import Config, parse_section, read_yaml
 from .errors import SimcaptchaError, run_main
 
@@ -37,13 +39,25 @@ def _flatten(overrides: dict, prefix: str = "") -> list[tuple[str, object]]:
     return pairs
 
 
+def committed_params() -> dict:
+    """params.yaml as committed at HEAD: the base every target applies to, whatever ran last."""
+    result = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return read_yaml("params.yaml") or {}
+    return yaml.safe_load(result.stdout) or {}
+
+
 def target_overrides(path: str | Path) -> list[str]:
-    """``-S key=value`` arguments for every leaf of a target file, after validating it against the schema."""
-    overrides = read_yaml(path) or {}
-    base = read_yaml("params.yaml") or {}
-    merged = _deep_merge(base, overrides)
-    parse_section(Config, merged, "")
-    return [argument for key, value in _flatten(overrides) for argument in ("-S", f"{key}={_hydra_value(value)}")]
+    """``-S key=value`` arguments that turn the workspace params into committed params + the target file.
+
+    ``dvc exp run -S`` edits the workspace params.yaml, so a previous target's values would leak into the
+    next run; every leaf that differs from the wanted value is set, not only those the target names.
+    """
+    wanted = _deep_merge(committed_params(), read_yaml(path) or {})
+    parse_section(Config, wanted, "")
+    current = dict(_flatten(read_yaml("params.yaml") or {}))
+    return [argument for key, value in _flatten(wanted) if current.get(key, object()) != value
+            for argument in ("-S", f"{key}={_hydra_value(value)}")]
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:
@@ -57,7 +71,7 @@ def _deep_merge(base: dict, overrides: dict) -> dict:
 
 
 def command_target(args: argparse.Namespace) -> None:
-    command = ["dvc", "exp", "run", *target_overrides(args.file)]
+    command = ["dvc", "exp", "run", *target_overrides(args.file), *args.stages]
     if args.name:
         command += ["--name", args.name]
     if args.queue:
@@ -73,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     target = commands.add_parser("target", help="run the pipeline on a target: dvc exp run with a file's params")
     target.add_argument("file", help="YAML file of params overrides, e.g. targets/kaggle.yaml")
+    target.add_argument("stages", nargs="*", help="run only up to these stages (default: the whole pipeline)")
     target.add_argument("--name", help="experiment name")
     target.add_argument("--queue", action="store_true", help="queue the experiment (run with dvc queue start)")
     target.add_argument("--dry", action="store_true", help="print the dvc command instead of running it")

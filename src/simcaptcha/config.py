@@ -71,7 +71,7 @@ class BinarizeConfig:
 @dataclass(frozen=True)
 class MaskConfig:
     method: Literal["mean", "and", "none"] = "mean"
-    threshold: float = bounded(0.6, 0.0, 1.0)  # "mean": a pixel is fixed noise when lit in this share of images
+    threshold: float = bounded(0.95, 0.0, 1.0)  # "mean": fixed noise is lit in at least this share of images
     dilate: int = bounded(0, 0, 5)  # grow the mask by this many pixels
 
 
