@@ -40,7 +40,7 @@ def test_repo_params_file_loads_with_its_values():
     assert config.fetch.labelled.labels_csv == "data/samples/hackmit2017/dev_labels.csv"
     assert config.binarize.size == [50, 100]
     assert config.binarize.background == "columns"
-    assert config.mask.threshold == 0.6
+    assert config.mask.threshold == 0.95
     assert config.render.charset == "abcdefghijklmnopqrstuvwxyz0123456789"
     assert config.render.font_size == [24, 32]  # from the file, not the schema default [26, 34]
     assert config.render.spacing == [0, 12]
