@@ -161,6 +161,7 @@ def assert_spans(values: torch.Tensor, low, high) -> None:
 @SETTINGS
 @given(config=configs(), seed=st.integers(0, 2**63))
 def test_sampled_parameters_span_their_ranges(config, seed):
+    config = replace(config, noise_std=0.0, elastic_alpha=0.0)  # per-pixel fields: not under test, and slow
     params = sample_params(400, 20, 30, config, torch.Generator().manual_seed(seed))
     size = torch.tensor([30.0, 20.0])
     shifts = torch.tensor([config.width_shift_range, config.height_shift_range]) * size
