@@ -15,7 +15,7 @@ from simcaptcha.config import AugmentConfig
 
 NEUTRAL = AugmentConfig(rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
                         zoom_range=[1.0, 1.0], brightness_range=[1.0, 1.0], blur_sigma=[0.0, 0.0], noise_std=0.0,
-                        elastic_alpha=0.0, perspective=0.0, jpeg_probability=0.0)
+                        elastic_alpha=0.0, perspective=0.0, jpeg_probability=0.0, threshold=0.0)
 FILL_MODES = ["constant", "nearest", "reflect", "wrap"]
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -317,3 +317,14 @@ def test_jpeg_probability_picks_a_share_of_images():
     out, _ = augment_images(images, replace(NEUTRAL, jpeg_probability=0.3), 0)
     changed = (out != images).reshape(200, -1).any(1).mean()
     assert 0.2 < changed < 0.4
+
+
+def test_threshold_rebinarizes_and_blur_thickens_strokes():
+    stroke = np.zeros((1, 20, 20), np.uint8)
+    stroke[0, :, 9:11] = 255  # a 2-pixel vertical stroke
+    blurred = replace(NEUTRAL, blur_sigma=[1.5, 1.5], brightness_range=[2.0, 2.0], threshold=0.5)
+    out, _ = augment_images(stroke, blurred, seed=0)
+    assert set(np.unique(out)) == {0, 255}
+    assert (out[0, 10] == 255).sum() > 2  # brighter blur, then threshold: a thicker stroke
+    thin, _ = augment_images(stroke, replace(blurred, brightness_range=[0.6, 0.6]), seed=0)
+    assert (thin[0, 10] == 255).sum() < (out[0, 10] == 255).sum()

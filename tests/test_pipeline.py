@@ -1,6 +1,7 @@
 """End to end: dvc repro of the real pipeline on tiny params, in a temporary copy of the repository."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,14 @@ TINY = {
     "fetch": {"unlabelled": {"limit": 300}, "labelled": {"limit": 60}},
     "render": {"count": 120, "glyph_count": 60, "workers": 1},
     "augment": {"batch_size": 64},
+    "classifier": {"epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 32},
+    "gan": {"steps": 4, "pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "batch_size": 8,
+            "history_size": 16, "holdout": 50, "refiner_channels": 4, "refiner_blocks": 1,
+            "discriminator_channels": 4},
+    "refine": {"drop_flipped": False},  # an untrained reader flips everything
 }
+DOWNSTREAM_OF_RENDER = {"render-fonts", "augment", "train-classifier@synthetic", "train-classifier@glyphs",
+                        "train-gan", "refine", "train-classifier@refined", "evaluate"}
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -62,8 +70,17 @@ def test_repro_builds_every_artifact(project):
     assert [truth[name] for name in labelled.names] == labelled.labels
     synthetic = read_image_set(project / "data/augmented/captchas")
     assert len(synthetic) == 120 and synthetic.images.shape[1:] == (50, 100)
-    for picture in ("binarize-before-after", "mask", "render-captchas", "augment-captchas"):
+    for picture in ("binarize-before-after", "mask", "render-captchas", "augment-captchas", "gan-samples",
+                    "refine-before-after", "worst-errors"):
         assert (project / "metrics/images" / f"{picture}.png").stat().st_size > 0
+    figures = json.loads((project / "metrics/evaluate.json").read_text())
+    for reader in ("refined", "synthetic", "letters"):
+        assert figures[reader]["count"] == 60 and figures[reader]["real_labels_used"] == 0
+        assert 0.0 <= figures[reader]["char_accuracy"] <= 1.0
+    gan_log = (project / "metrics/train-gan.csv").read_text().splitlines()
+    assert len(gan_log) == 1 + 8 and "d_accuracy_real" in gan_log[0]
+    for reader in ("synthetic", "glyphs", "refined"):
+        assert (project / f"data/models/{reader}.safetensors").stat().st_size > 0
 
 
 def test_second_repro_does_nothing(project):
@@ -76,5 +93,5 @@ def test_render_param_reruns_only_render_and_downstream(project):
     before = (project / "data/binarized/unlabelled/shard-00000.npz").stat().st_mtime_ns
     output = _run(["dvc", "exp", "run", "-S", "render.seed=7"], project)
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {"render-fonts", "augment"}
+    assert ran == DOWNSTREAM_OF_RENDER
     assert (project / "data/binarized/unlabelled/shard-00000.npz").stat().st_mtime_ns == before

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
+from .progress import progress
 
 from .config import AugmentConfig
 
@@ -70,6 +70,8 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     images' device to avoid the transfer.
     """
     n, _, h, w = images.shape
+    if n == 0:
+        return images
     return apply_params(images, sample_params(n, h, w, config, generator, images.device), config)
 
 
@@ -87,14 +89,14 @@ def augment_images(images: np.ndarray, config: AugmentConfig, seed: int) -> tupl
     total = n * config.variants
     source = np.arange(total) // config.variants
     out = np.empty((total, h, w), np.uint8)
-    with torch.no_grad(), tqdm(total=total, desc="augment", unit="img") as progress:
+    with torch.no_grad(), progress(total=total, desc="augment", unit="img") as bar:
         for start in range(0, total, config.batch_size):
             rows = np.arange(start, min(start + config.batch_size, total))
             batch = torch.from_numpy(images[source[rows]]).unsqueeze(1).float() / 255
             draws = _concat([_draw(1, h, w, config, _row_generator(seed, row, config.variants)) for row in rows])
             augmented = apply_params(batch, _params(draws, config, h, w), config)
             out[rows] = _to_uint8(augmented)[:, 0].numpy()
-            progress.update(len(rows))
+            bar.update(len(rows))
     return out, source
 
 
@@ -106,7 +108,7 @@ def sample_params(n: int, h: int, w: int, config: AugmentConfig, generator: torc
 
 
 def apply_params(images: torch.Tensor, params: Params, config: AugmentConfig) -> torch.Tensor:
-    """Apply chosen parameters: geometry, brightness, blur, noise, clamp to [0, 1], JPEG (in that order)."""
+    """Apply chosen parameters: geometry, brightness, blur, noise, clamp to [0, 1], JPEG, threshold (in order)."""
     if _moves_pixels(config):
         images = _warp(images, params, config)
     images = images * params.brightness.view(-1, 1, 1, 1)
@@ -118,6 +120,8 @@ def apply_params(images: torch.Tensor, params: Params, config: AugmentConfig) ->
     images = images.clamp(0, 1)
     if config.jpeg_probability > 0:
         images = _jpeg(images, params.jpeg_quality)
+    if config.threshold > 0:  # back to the binarized sites' representation; with blur, varies stroke width
+        images = (images > config.threshold).to(images.dtype)
     return images
 
 

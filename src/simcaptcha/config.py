@@ -21,11 +21,18 @@ from .errors import SimcaptchaError
 PARAMS_FILE = "params.yaml"
 
 
-def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
-    """A field whose number (or each number of a pair) must lie in [low, high]."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"low": low, "high": high})
-    return field(default=default, metadata={"low": low, "high": high})
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, items: int | None = None,
+            ordered: bool | None = None) -> Any:
+    """A field whose number (or each number of a list) must lie in [low, high].
+
+    A two-number list is a [min, max] range unless ``ordered=False``; ``items`` fixes a list's length.
+    """
+    pair = isinstance(default, list) and len(default) == 2
+    metadata = {"low": low, "high": high, "items": items or (2 if pair else None),
+                "ordered": pair if ordered is None else ordered}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # ---------------------------------------------------------------- fetch
@@ -56,7 +63,7 @@ class FetchConfig:
 # ---------------------------------------------------------------- binarize
 @dataclass(frozen=True)
 class BinarizeConfig:
-    size: list[int] = bounded([50, 100], 8, 1024)  # height, width of every output image (aspect kept, padded)
+    size: list[int] = bounded([50, 100], 8, 1024, ordered=False)  # height, width of every output image (aspect kept, padded)
     background: Literal["none", "columns", "rows", "pixels"] = "columns"  # estimated from the pool, subtracted
     gray: Literal["luma", "min", "max"] = "luma"  # channel reduction when background is "none"
     polarity: Literal["auto", "light", "dark"] = "auto"  # text colour in the source; output text is always 255
@@ -122,9 +129,65 @@ class AugmentConfig:
     perspective: float = bounded(0.0, 0.0, 0.5)  # corner jitter, fraction of the image size
     jpeg_probability: float = bounded(0.0, 0.0, 1.0)  # share of images re-encoded as JPEG
     jpeg_quality: list[int] = bounded([30, 95], 1, 100)
+    threshold: float = bounded(0.5, 0.0, 1.0)  # re-binarize at the end (0 = keep gray; use 0 with binarize "none")
     seed: int = bounded(0, 0)
     batch_size: int = bounded(512, 1)
     shard_size: int = bounded(10000, 1)
+
+
+# ---------------------------------------------------------------- train-classifier
+@dataclass(frozen=True)
+class ClassifierConfig:
+    head: Literal["positions", "ctc"] = "positions"  # per-position heads (fixed length) or CTC (variable length)
+    channels: list[int] = bounded([16, 32, 64, 96], 1, 1024, items=4)  # conv widths of the 4 blocks
+    dropout: float = bounded(0.2, 0.0, 0.9)
+    epochs: int = bounded(4, 1)
+    batch_size: int = bounded(64, 1)
+    learning_rate: float = bounded(2e-3, 0.0)
+    weight_decay: float = bounded(1e-4, 0.0)
+    validation_share: float = bounded(0.05, 0.0, 0.5)  # held-out synthetic images (never real ones)
+    augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
+    real_labels: int = bounded(0, 0)  # real labelled captchas allowed into training; evaluate skips them
+    seed: int = bounded(0, 0)
+
+
+# ---------------------------------------------------------------- train-gan
+@dataclass(frozen=True)
+class GanConfig:
+    refiner_channels: int = bounded(16, 1, 256)  # the paper's 64 channels x 4 blocks trains at ~7 img/s on 2 cores
+    refiner_blocks: int = bounded(3, 1, 16)
+    discriminator_channels: int = bounded(32, 1, 256)
+    steps: int = bounded(600, 0)
+    batch_size: int = bounded(32, 2)
+    pretrain_refiner_steps: int = bounded(50, 0)  # self-regularisation only, before the adversarial game
+    pretrain_discriminator_steps: int = bounded(50, 0)
+    refiner_updates: int = bounded(1, 1)  # Kg: refiner steps per training step
+    discriminator_updates: int = bounded(1, 1)  # Kd: discriminator steps per training step
+    optimizer: Literal["adam", "sgd"] = "adam"
+    refiner_learning_rate: float = bounded(1e-3, 0.0)
+    discriminator_learning_rate: float = bounded(1e-3, 0.0)
+    self_regularization: float = bounded(0.5, 0.0)  # lambda in lambda * mean over pixels |R(x) - x|
+    consistency: float = bounded(1.0, 0.0)  # weight of the synthetic reader's loss on R(x) against x's label
+    history_size: int = bounded(2560, 0)  # refined images kept for the discriminator (half of each fake batch)
+    holdout: int = bounded(500, 0)  # real pool images kept out of training, to judge the discriminator in refine
+    checkpoint_every: int = bounded(100, 1)
+    seed: int = bounded(0, 0)
+
+
+# ---------------------------------------------------------------- refine
+@dataclass(frozen=True)
+class RefineConfig:
+    drop_flipped: bool = True  # drop refined images whose reading the synthetic reader changes
+    batch_size: int = bounded(256, 1)
+    sample_sheet: int = bounded(24, 1)
+    shard_size: int = bounded(10000, 1)
+
+
+# ---------------------------------------------------------------- evaluate
+@dataclass(frozen=True)
+class EvaluateConfig:
+    worst_errors: int = bounded(32, 0)  # captchas in the worst-errors contact sheet
+    batch_size: int = bounded(256, 1)
 
 
 @dataclass(frozen=True)
@@ -134,6 +197,10 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 # ---------------------------------------------------------------- parsing
@@ -229,15 +296,14 @@ def parse_section(cls: type, data: Any, where: str) -> Any:
 
 
 def _check_pairs(config: Any, where: str) -> None:
-    """A two-number list is a [min, max] range: it must have two items in order."""
-    hints = typing.get_type_hints(type(config))
+    """Lists with a fixed number of items, and [min, max] ranges in order."""
     for f in fields(config):
-        value = getattr(config, f.name)
-        if typing.get_origin(hints[f.name]) is list and typing.get_args(hints[f.name])[0] in (int, float):
-            if len(value) != 2:
-                raise SimcaptchaError(f"params: {_join(where, f.name)} must have exactly two numbers, got {value!r}")
-            if f.name != "size" and value[0] > value[1]:
-                raise SimcaptchaError(f"params: {_join(where, f.name)} = {value!r}: the minimum is above the maximum")
+        value, items = getattr(config, f.name), f.metadata.get("items")
+        if items is not None and len(value) != items:
+            count = {2: "two", 3: "three", 4: "four"}.get(items, str(items))
+            raise SimcaptchaError(f"params: {_join(where, f.name)} must have exactly {count} numbers, got {value!r}")
+        if f.metadata.get("ordered") and value[0] > value[1]:
+            raise SimcaptchaError(f"params: {_join(where, f.name)} = {value!r}: the minimum is above the maximum")
 
 
 def read_yaml(path: str | Path) -> Any:

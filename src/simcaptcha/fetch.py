@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import captcha.image
 import pandas as pd
-from tqdm import tqdm
+from .progress import progress
 
 from .config import FetchConfig, SourceConfig
 from .errors import SimcaptchaError
@@ -324,8 +324,7 @@ def _generate(spec: str, index: int, role: str) -> list[_Image]:
     maker = captcha.image.ImageCaptcha(width=params["width"], height=params["height"])
     count, seed = params["count"], params["seed"]
     images = []
-    for number in tqdm(range(index * count, (index + 1) * count), desc=f"generate {role}", unit="img",
-                       file=sys.stderr, disable=None):
+    for number in progress(range(index * count, (index + 1) * count), desc=f"generate {role}", unit="img"):
         rng = _SeededRandom(f"{seed}:{number}")
         label = "".join(rng.choice(params["charset"]) for _ in range(params["length"]))
         with _seeded_captcha(rng):
@@ -466,8 +465,8 @@ def _receive(response: http.client.HTTPResponse, part: Path, have: int, options:
         raise SimcaptchaError(f"{url}: {total} bytes, above max_bytes {options.max_bytes}")
     received = have
     with part.open("ab" if have else "wb") as out, \
-            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=f"fetch {role}", file=sys.stderr, disable=None) as bar:
+            progress(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=f"fetch {role}") as bar:
         while chunk := response.read(_CHUNK):
             received += len(chunk)
             if received > options.max_bytes:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.filters import threshold_otsu, threshold_sauvola
-from tqdm import tqdm
+from .progress import progress
 
 from .config import BinarizeConfig
 from .errors import SimcaptchaError
@@ -184,6 +184,6 @@ def save_png(path, image: Image.Image | np.ndarray) -> None:
 def decode_set(blobs: Sequence[bytes], names: Sequence[str], height: int, width: int) -> np.ndarray:
     """Decode encoded images and fit each to height×width: RGB uint8 N×H×W×3 (mixed sizes and modes allowed)."""
     out = np.empty((len(blobs), height, width, 3), dtype=np.uint8)
-    for index, (blob, name) in enumerate(tqdm(zip(blobs, names), total=len(blobs), desc="decode", unit="img")):
+    for index, (blob, name) in enumerate(progress(zip(blobs, names), total=len(blobs), desc="decode", unit="img")):
         out[index] = fit_to_size(decode_image(blob, f"image {name!r}"), height, width)
     return out

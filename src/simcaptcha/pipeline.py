@@ -30,3 +30,7 @@ def stage_metrics(name: str) -> Iterator[dict]:
     yield figures
     figures["seconds"] = round(time.perf_counter() - start, 2)
     write_json(METRICS / f"{name}.json", figures)
+MODELS = DATA / "models"  # readers (synthetic, refined, glyphs) and the GAN, as self-describing safetensors
+REFINED = DATA / "refined"  # captchas/: the augmented synthetic set passed through the refiner
+CHECKPOINTS = Path(".cache") / "checkpoints"  # resumable training state of a killed stage
+READER_DATA = {"synthetic": AUGMENTED / "captchas", "refined": REFINED / "captchas", "glyphs": AUGMENTED / "glyphs"}

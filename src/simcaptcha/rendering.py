@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
+from .progress import progress
 
 from .config import RenderConfig
 from .errors import SimcaptchaError
@@ -150,18 +150,18 @@ def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple
     """Render ``count`` captchas or glyphs in parallel; identical output for any ``workers``."""
     jobs = [(kind, index, min(CHUNK, count - start)) for index, start in enumerate(range(0, count, CHUNK))]
     workers = workers or os.cpu_count() or 1
-    progress = tqdm(total=count, desc=f"render {kind}s", unit="img")
+    bar = progress(total=count, desc=f"render {kind}s", unit="img")
     results = []
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             results.append(renderer.render_chunk(job))
-            progress.update(job[2])
+            bar.update(job[2])
     else:
         with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
             for result in pool.imap(renderer.render_chunk, jobs):
                 results.append(result)
-                progress.update(len(result[1]))
-    progress.close()
+                bar.update(len(result[1]))
+    bar.close()
     if not results:
         slot_width = renderer.width // renderer.config.length[1]
         width = renderer.width if kind == "captcha" else slot_width

@@ -206,3 +206,10 @@ def read_encoded_set(directory: str | os.PathLike) -> tuple[list[bytes], pd.Data
         blobs.extend(data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))
     manifest = _check_manifest(read_manifest(directory / MANIFEST), len(blobs), directory)
     return blobs, manifest
+
+
+def write_log_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """A training log (one dict per step or epoch) as CSV for ``dvc plots``; columns in first-seen order."""
+    buffer = io.StringIO()
+    pd.DataFrame(rows).to_csv(buffer, index=False, lineterminator="\n")
+    write_bytes(path, buffer.getvalue().encode())

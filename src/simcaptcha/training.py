@@ -1,0 +1,365 @@
+"""Training loops, readable top to bottom: the captcha reader, and SimGAN's refiner against its discriminator.
+
+Both run on the GPU when there is one, else on the CPU in channels_last layout (faster convolutions there).
+Both checkpoint as they go and resume from the checkpoint when a killed stage is run again with the same
+inputs, so a long run is never lost; checkpoints are loaded with ``weights_only=True`` (no unpickling).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from .progress import progress
+
+from .augment import augment_batch
+from .config import AugmentConfig, ClassifierConfig, GanConfig
+from .errors import SimcaptchaError
+from .models import PatchDiscriminator, Reader, Refiner
+from .store import atomic_path
+
+
+def pick_device() -> torch.device:
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N×H×W (text 255) -> float N×1×H×W in [0, 1], channels_last."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0).unsqueeze(1)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- labels
+class LabelCoder:
+    """Labels <-> class indices for a reader head, and logits -> text with a confidence."""
+
+    def __init__(self, charset: str, length: int, head: str):
+        self.charset, self.length, self.head = charset, length, head
+        self.index = {char: position for position, char in enumerate(charset)}
+
+    def encode(self, labels: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: N×length class indices; ctc: N×length padded indices + 1 (0 is blank), with lengths."""
+        offset = 1 if self.head == "ctc" else 0
+        codes = torch.zeros(len(labels), self.length, dtype=torch.long)
+        for row, label in enumerate(labels):
+            codes[row, :len(label)] = torch.tensor([self.index[char] + offset for char in label])
+        lengths = torch.tensor([len(label) for label in labels], dtype=torch.long)
+        return codes.to(device), lengths.to(device)
+
+    def loss(self, logits: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.head == "positions":
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T×N×C
+        columns = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+        return F.ctc_loss(log_probs, codes, columns, lengths, blank=0, zero_infinity=True)
+
+    def decode(self, logits: torch.Tensor) -> tuple[list[str], list[float]]:
+        probabilities = logits.float().softmax(-1)
+        best, classes = probabilities.max(-1)
+        confidence = best.log().sum(-1).exp().tolist()
+        if self.head == "positions":
+            return ["".join(self.charset[c] for c in row) for row in classes.tolist()], confidence
+        texts = []
+        for row in classes.tolist():  # greedy CTC: merge repeats, drop blanks
+            chars = [c for position, c in enumerate(row) if c != 0 and (position == 0 or c != row[position - 1])]
+            texts.append("".join(self.charset[c - 1] for c in chars))
+        return texts, confidence
+
+
+@torch.no_grad()
+def read_images(model: Reader, coder: LabelCoder, images: np.ndarray, batch_size: int = 256,
+                device: torch.device | None = None) -> tuple[list[str], list[float]]:
+    """Predicted text and confidence for uint8 N×H×W images."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    texts: list[str] = []
+    confidences: list[float] = []
+    for start in range(0, len(images), batch_size):
+        batch_texts, batch_confidences = coder.decode(model(to_batch(images[start:start + batch_size], device)))
+        texts += batch_texts
+        confidences += batch_confidences
+    return texts, confidences
+
+
+# ---------------------------------------------------------------- checkpoints
+def fingerprint(*parts: object) -> str:
+    """A hash of everything a run depends on: a checkpoint is resumed only by the same run."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.tobytes() if isinstance(part, np.ndarray) else json.dumps(part, sort_keys=True,
+                                                                                       default=str).encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, run: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # a checkpoint from another version or a torn file: start over rather than fail
+        return None
+    return state if state.get("run") == run else None
+
+
+# ---------------------------------------------------------------- reader
+def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: list[str],
+                 config: ClassifierConfig, augment: AugmentConfig | None, checkpoint: Path,
+                 device: torch.device, synthetic_count: int | None = None) -> list[dict]:
+    """Train ``model`` in place; validate on a held-out share of the synthetic training images.
+
+    The first ``synthetic_count`` images are synthetic (default: all); only those are held out, so real
+    labelled captchas added after them always train and never judge. Returns one log row per epoch:
+    the training loss, and character and whole-captcha accuracy on the held-out images.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    synthetic_count = len(images) if synthetic_count is None else synthetic_count
+    order = torch.randperm(synthetic_count, generator=generator).numpy()
+    held_out = order[: int(round(synthetic_count * config.validation_share))]
+    train = np.concatenate([order[len(held_out):], np.arange(synthetic_count, len(images))]).astype(np.int64)
+    if len(train) == 0:
+        raise SimcaptchaError("no images left to train the reader on (refine.drop_flipped may have dropped them all)")
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
+                                                   total_steps=config.epochs * steps_per_epoch)
+    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    run = fingerprint(asdict(config), asdict(augment) if augment else None, images[:: max(1, len(images) // 64)],
+                      labels, coder.charset, coder.length, coder.head)
+    log: list[dict] = []
+    first_epoch = 0
+    state = load_checkpoint(checkpoint, run)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        augment_generator.set_state(state["augment_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log, first_epoch = state["log"], state["epoch"]
+    for epoch in range(first_epoch, config.epochs):
+        model.train()
+        permutation = train[torch.randperm(len(train), generator=generator).numpy()]
+        total_loss = 0.0
+        bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        for step in bar:
+            rows = permutation[step * config.batch_size:(step + 1) * config.batch_size]
+            batch = to_batch(images[rows], device)
+            if augment is not None:
+                batch = augment_batch(batch, augment, augment_generator).contiguous(memory_format=torch.channels_last)
+            codes, lengths = coder.encode([labels[row] for row in rows], device)
+            loss = coder.loss(model(batch), codes, lengths)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        figures = {"epoch": epoch + 1, "train_loss": round(total_loss / steps_per_epoch, 5)}
+        if len(held_out):
+            predicted, _ = read_images(model, coder, images[held_out], device=device)
+            truth = [labels[row] for row in held_out]
+            figures.update(validation_figures(predicted, truth))
+        log.append(figures)
+        save_checkpoint(checkpoint, {"run": run, "epoch": epoch + 1, "log": log, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                     "generator": generator.get_state(),
+                                     "augment_generator": augment_generator.get_state(),
+                                     "torch_rng": torch.get_rng_state()})
+    return log
+
+
+def validation_figures(predicted: list[str], truth: list[str]) -> dict:
+    chars = sum(len(label) for label in truth)
+    right = sum(p == t for guess, label in zip(predicted, truth) for p, t in zip(guess, label))
+    return {"val_char_accuracy": round(right / max(chars, 1), 5),
+            "val_captcha_accuracy": round(float(np.mean([p == t for p, t in zip(predicted, truth)])), 5)}
+
+
+# ---------------------------------------------------------------- SimGAN
+class ImageHistory:
+    """SimGAN's buffer of past refined images: half of every fake batch the discriminator sees comes from it.
+
+    It fills until ``capacity`` and then replaces random entries, so the discriminator keeps judging what the
+    refiner produced earlier and the refiner cannot win by cycling back to old artefacts.
+    """
+
+    def __init__(self, capacity: int, generator: torch.Generator):
+        self.capacity, self.generator = capacity, generator
+        self.images: torch.Tensor | None = None
+        self.size = 0
+
+    def push(self, batch: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        batch = batch.detach()
+        if self.images is None:
+            self.images = torch.empty((self.capacity, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+        fill = min(self.capacity - self.size, len(batch))
+        self.images[self.size:self.size + fill] = batch[:fill]
+        self.size += fill
+        rest = batch[fill:][-self.size:]  # more new images than slots: the newest win
+        if len(rest):
+            slots = torch.randperm(self.size, generator=self.generator)[:len(rest)].to(batch.device)
+            self.images[slots] = rest
+
+    def sample(self, count: int) -> torch.Tensor:
+        rows = torch.randint(self.size, (count,), generator=self.generator).to(self.images.device)
+        return self.images[rows]
+
+    def state(self) -> dict:
+        return {"images": self.images if self.images is not None else torch.empty(0), "size": self.size}
+
+    def load(self, state: dict) -> None:
+        self.size = int(state["size"])
+        self.images = state["images"] if self.size else None
+
+
+def _adversarial(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Mean binary cross-entropy over every patch logit of the local discriminator."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def _optimizer(parameters, kind: str, learning_rate: float) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(parameters, lr=learning_rate)
+    return torch.optim.Adam(parameters, lr=learning_rate, betas=(0.5, 0.999))
+
+
+def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np.ndarray, labels: list[str],
+              real: np.ndarray, reader: Reader | None, coder: LabelCoder, config: GanConfig, checkpoint: Path,
+              device: torch.device) -> list[dict]:
+    """Train the refiner to fool the patch discriminator while staying close to its input and to its label.
+
+    Refiner loss: adversarial + self_regularization * mean|R(x) - x| (per-pixel mean)
+                  + consistency * CE(reader(R(x)), label of x), the reader frozen and trained on synthetic images.
+    Discriminator loss: real patches -> real; refined patches (half fresh, half from the history) -> refined.
+    Returns a log row per step (both losses, each term, and D's accuracy on real and on refined patches).
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    refiner.to(device, memory_format=torch.channels_last).train()
+    discriminator.to(device, memory_format=torch.channels_last).train()
+    if reader is not None:
+        reader.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    refiner_optimizer = _optimizer(refiner.parameters(), config.optimizer, config.refiner_learning_rate)
+    discriminator_optimizer = _optimizer(discriminator.parameters(), config.optimizer,
+                                         config.discriminator_learning_rate)
+    history = ImageHistory(config.history_size, generator)
+    half = config.batch_size // 2
+
+    def synthetic_batch() -> tuple[torch.Tensor, list[str]]:
+        rows = torch.randint(len(synthetic), (config.batch_size,), generator=generator).numpy()
+        return to_batch(synthetic[rows], device), [labels[row] for row in rows]
+
+    def real_batch() -> torch.Tensor:
+        return to_batch(real[torch.randint(len(real), (config.batch_size,), generator=generator).numpy()], device)
+
+    def refiner_step(adversarial_weight: float) -> dict:
+        images, batch_labels = synthetic_batch()
+        refined = refiner(images)
+        regularization = (refined - images).abs().mean()
+        loss = config.self_regularization * regularization
+        terms = {"refiner_regularization": regularization.item()}
+        if adversarial_weight:
+            adversarial = _adversarial(discriminator(refined), real=True)
+            loss = loss + adversarial
+            terms["refiner_adversarial"] = adversarial.item()
+        if reader is not None and config.consistency:
+            consistency = coder.loss(reader(refined), *coder.encode(batch_labels, device))
+            loss = loss + config.consistency * consistency
+            terms["refiner_consistency"] = consistency.item()
+        refiner_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        refiner_optimizer.step()
+        return terms
+
+    def discriminator_step() -> dict:
+        with torch.no_grad():
+            refined = refiner(synthetic_batch()[0])
+        fake = torch.cat([refined[:half], history.sample(half)]) if history.size >= half else refined
+        history.push(refined[:half])
+        real_logits = discriminator(real_batch())
+        fake_logits = discriminator(fake)
+        loss = _adversarial(real_logits, real=True) + _adversarial(fake_logits, real=False)
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        discriminator_optimizer.step()
+        return {"discriminator_loss": loss.item(),
+                "d_accuracy_real": (real_logits > 0).float().mean().item(),
+                "d_accuracy_refined": (fake_logits < 0).float().mean().item()}
+
+    reader_weights = [value.cpu().numpy() for value in reader.state_dict().values()] if reader is not None else []
+    run = fingerprint(asdict(config), synthetic[:: max(1, len(synthetic) // 64)], real[:: max(1, len(real) // 64)],
+                      labels, *reader_weights)
+    log: list[dict] = []
+    first_step = 0
+    state = load_checkpoint(checkpoint, run)
+    if state is not None:
+        refiner.load_state_dict(state["refiner"])
+        discriminator.load_state_dict(state["discriminator"])
+        refiner_optimizer.load_state_dict(state["refiner_optimizer"])
+        discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        history.load(state["history"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log, first_step = state["log"], state["step"]
+    pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
+    total = pretraining + config.steps
+    for step in progress(range(first_step, total), initial=first_step, total=total, desc="train-gan", unit="step"):
+        row: dict = {"step": step + 1}
+        if step < config.pretrain_refiner_steps:
+            row.update(phase="pretrain-refiner", **refiner_step(adversarial_weight=0.0))
+        elif step < pretraining:
+            row.update(phase="pretrain-discriminator", **discriminator_step())
+        else:
+            row["phase"] = "adversarial"
+            for _ in range(config.refiner_updates):
+                row.update(refiner_step(adversarial_weight=1.0))
+            for _ in range(config.discriminator_updates):
+                row.update(discriminator_step())
+        row["history_size"] = history.size
+        log.append(row)
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+            save_checkpoint(checkpoint, {
+                "run": run, "step": step + 1, "log": log, "refiner": refiner.state_dict(),
+                "discriminator": discriminator.state_dict(), "refiner_optimizer": refiner_optimizer.state_dict(),
+                "discriminator_optimizer": discriminator_optimizer.state_dict(), "history": history.state(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+    return log
+
+
+@torch.no_grad()
+def refine_images(refiner: Refiner, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Pass uint8 N×H×W images through the refiner; uint8 out, same order."""
+    refiner.to(device, memory_format=torch.channels_last).eval()
+    parts = [refiner(to_batch(images[start:start + batch_size], device)).squeeze(1).mul(255).round().byte().cpu()
+             for start in progress(range(0, len(images), batch_size), desc="refine", unit="batch")]
+    return torch.cat(parts).numpy() if parts else images.copy()
+
+
+@torch.no_grad()
+def patch_accuracy(discriminator: PatchDiscriminator, images: np.ndarray, real: bool, device: torch.device,
+                   batch_size: int = 256) -> float:
+    """Share of the discriminator's patch verdicts that are right for images that are all real or all not."""
+    discriminator.to(device, memory_format=torch.channels_last).eval()
+    right = total = 0
+    for start in range(0, len(images), batch_size):
+        logits = discriminator(to_batch(images[start:start + batch_size], device))
+        right += int(((logits > 0) if real else (logits <= 0)).sum())
+        total += logits.numel()
+    return right / max(total, 1)

@@ -1,0 +1,69 @@
+"""DVC stage evaluate: every reader on the real labelled captchas, beside two baselines.
+
+refined: the reader trained on refined synthetic captchas (the pipeline's answer); synthetic: the same recipe
+on unrefined synthetic captchas (so the refiner's value is a number); letters: a single-glyph reader applied
+to equal-width slices. Real captchas a reader was trained on are skipped for that reader.
+"""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+from simcaptcha.config import load_config
+from simcaptcha.errors import run_main
+from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.metrics import accuracy_figures, confusion_pairs, equal_slices
+from simcaptcha.modelfile import load_reader
+from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, stage_metrics
+from simcaptcha.store import read_image_set, write_bytes
+from simcaptcha.training import LabelCoder, pick_device, read_images
+
+
+def read_with(name: str, images: np.ndarray, slots: int, batch_size: int) -> tuple[list[str], list[float],
+                                                                               tuple[str, ...]]:
+    """Predictions of reader ``name``; the letters baseline reads each equal-width slice with the glyph reader."""
+    model, spec, _ = load_reader(MODELS / f"{'glyphs' if name == 'letters' else name}.safetensors")
+    model.to(pick_device())
+    coder = LabelCoder(spec.charset, spec.length, spec.head)
+    if name != "letters":
+        texts, confidences = read_images(model, coder, images, batch_size)
+        return texts, confidences, spec.trained_on_real
+    glyphs, glyph_confidences = read_images(model, coder, equal_slices(images, slots), batch_size)
+    texts = ["".join(glyphs[index:index + slots]) for index in range(0, len(glyphs), slots)]
+    confidences = [float(np.prod(glyph_confidences[index:index + slots])) for index in range(0, len(glyphs), slots)]
+    return texts, confidences, ()
+
+
+def main() -> None:
+    params = load_config()
+    config = params.evaluate
+    labelled = read_image_set(BINARIZED / "labelled")
+    with stage_metrics("evaluate") as figures:
+        for name in ("refined", "synthetic", "letters"):
+            texts, confidences, trained_on = read_with(name, labelled.images, params.render.length[1], config.batch_size)
+            keep = ~np.isin(labelled.names, trained_on)
+            truth = [label for label, kept in zip(labelled.labels, keep) if kept]
+            predicted = [text for text, kept in zip(texts, keep) if kept]
+            figures[name] = {**accuracy_figures(predicted, truth), "real_labels_used": len(trained_on)}
+            if name == "refined":
+                pairs = pd.DataFrame(confusion_pairs(predicted, truth), columns=["actual", "predicted"])
+                buffer = io.StringIO()
+                pairs.to_csv(buffer, index=False, lineterminator="\n")
+                write_bytes(METRICS / "confusion.csv", buffer.getvalue().encode())
+                rows = np.flatnonzero(keep)
+                wrong = [row for row, text in zip(rows, predicted) if text != labelled.labels[row]]
+                wrong.sort(key=lambda row: -confidences[row])  # confidently wrong first
+                worst = wrong[: config.worst_errors]
+                save_png(IMAGES / "worst-errors.png", contact_sheet(
+                    [labelled.images[row] for row in worst],
+                    [f"{labelled.labels[row]}>{texts[row]}" for row in worst], columns=8))
+        if "char_accuracy" in figures["refined"]:
+            figures["refiner_gain_char"] = round(figures["refined"]["char_accuracy"]
+                                                 - figures["synthetic"]["char_accuracy"], 5)
+    print(json.dumps({name: figures[name] for name in ("refined", "synthetic", "letters")}, indent=1))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,65 @@
+"""DVC stage train-classifier@NAME: a reader trained on synthetic (NAME=synthetic), refined (refined) or
+single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas when allowed."""
+
+import sys
+
+import numpy as np
+import torch
+
+from simcaptcha.config import load_config
+from simcaptcha.errors import SimcaptchaError, run_main
+from simcaptcha.imaging import load_preprocessing
+from simcaptcha.modelfile import ReaderSpec, save_reader
+from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
+from simcaptcha.store import read_image_set, write_log_csv
+from simcaptcha.training import LabelCoder, pick_device, train_reader
+
+
+def real_labelled(count: int, seed: int, length: int, charset: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """The first ``count`` real labelled captchas of a seeded shuffle; evaluate skips them by name."""
+    labelled = read_image_set(BINARIZED / "labelled")
+    if count > len(labelled):
+        raise SimcaptchaError(f"params: classifier.real_labels = {count}, but only {len(labelled)} are labelled")
+    rows = np.random.default_rng(seed).permutation(len(labelled))[:count]
+    labels = [labelled.labels[row] for row in rows]
+    for row, label in zip(rows, labels):
+        if len(label) > length or set(label) - set(charset):
+            raise SimcaptchaError(f"labelled captcha {labelled.names[row]!r}: label {label!r} does not fit "
+                                  f"render.length and render.charset")
+    return labelled.images[rows], labels, [labelled.names[row] for row in rows]
+
+
+def main(name: str) -> None:
+    params = load_config()
+    config, render = params.classifier, params.render
+    if name not in READER_DATA:
+        raise SimcaptchaError(f"unknown reader {name!r}: expected one of {', '.join(READER_DATA)}")
+    glyphs = name == "glyphs"
+    length = 1 if glyphs else render.length[1]
+    head = "positions" if glyphs else config.head
+    if head == "positions" and not glyphs and render.length[0] != render.length[1]:
+        raise SimcaptchaError("params: classifier.head 'positions' needs a fixed render.length; use 'ctc'")
+    with stage_metrics(f"train-classifier-{name}") as figures:
+        data = read_image_set(READER_DATA[name])
+        images, labels, real_names = data.images, data.labels, []
+        if config.real_labels and not glyphs:
+            real_images, real_labels, real_names = real_labelled(config.real_labels, config.seed, length,
+                                                                 render.charset)
+            images, labels = np.concatenate([images, real_images]), labels + real_labels
+        background, polarity = load_preprocessing(PREPROCESSING)
+        spec = ReaderSpec(render.charset, length, head, tuple(config.channels), images.shape[1], images.shape[2],
+                          params.binarize, polarity, tuple(real_names))
+        torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
+        model = spec.build()
+        checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
+        log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
+                           params.augment if config.augment_on_the_fly else None, checkpoint, pick_device(),
+                           synthetic_count=len(data))
+        save_reader(MODELS / f"{name}.safetensors", model, spec, background)
+        write_log_csv(METRICS / f"train-classifier-{name}.csv", log)
+        figures.update(log[-1], images=len(images), real_labels_used=len(real_names))
+    checkpoint.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1] if len(sys.argv) > 1 else ""))

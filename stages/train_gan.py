@@ -1,0 +1,56 @@
+"""DVC stage train-gan: a SimGAN refiner that makes synthetic captchas look like the site's real ones."""
+
+import numpy as np
+import torch
+
+from simcaptcha.config import load_config
+from simcaptcha.errors import SimcaptchaError, run_main
+from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.modelfile import load_reader, save_gan
+from simcaptcha.models import PatchDiscriminator, Refiner
+from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, IMAGES, METRICS, MODELS, stage_metrics
+from simcaptcha.store import read_image_set, write_log_csv
+from simcaptcha.training import LabelCoder, pick_device, to_batch, train_gan
+
+SHEET_COLUMNS = 8
+
+
+def main() -> None:
+    params = load_config()
+    config = params.gan
+    with stage_metrics("train-gan") as figures:
+        synthetic = read_image_set(AUGMENTED / "captchas")
+        pool = read_image_set(BINARIZED / "unlabelled").images
+        if len(pool) <= config.holdout:
+            raise SimcaptchaError(f"params: gan.holdout = {config.holdout} leaves none of the {len(pool)} real "
+                                  "captchas to train on")
+        real = pool[: len(pool) - config.holdout]
+        reader, spec, _ = load_reader(MODELS / "synthetic.safetensors")
+        coder = LabelCoder(spec.charset, spec.length, spec.head)
+        torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
+        refiner = Refiner(config.refiner_channels, config.refiner_blocks)
+        discriminator = PatchDiscriminator(config.discriminator_channels)
+        device = pick_device()
+        checkpoint = CHECKPOINTS / "train-gan.pt"
+        log = train_gan(refiner, discriminator, synthetic.images, synthetic.labels, real,
+                        reader if config.consistency else None, coder, config, checkpoint, device)
+        save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
+        write_log_csv(METRICS / "train-gan.csv", log)
+        last = [row for row in log[-50:] if "d_accuracy_real" in row]
+        for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
+            values = [row[key] for row in last if key in row]
+            if values:
+                figures[f"final_{key}"] = round(float(np.mean(values)), 4)
+        figures["history_size"] = log[-1]["history_size"] if log else 0
+        figures["real_images"] = len(real)
+        with torch.no_grad():
+            samples = synthetic.images[:SHEET_COLUMNS]
+            refined = refiner.eval()(to_batch(samples, device)).squeeze(1).mul(255).round().byte().cpu().numpy()
+        rows = list(real[:SHEET_COLUMNS]) + list(samples) + list(refined)
+        captions = ["real"] * SHEET_COLUMNS + ["synthetic"] * SHEET_COLUMNS + ["refined"] * SHEET_COLUMNS
+        save_png(IMAGES / "gan-samples.png", contact_sheet(rows, captions, columns=SHEET_COLUMNS))
+    checkpoint.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
