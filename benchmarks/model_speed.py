@@ -1,0 +1,48 @@
+"""Benchmark: training images/s of reader and refiner sizes on this machine (choose architectures by it).
+
+Usage: python benchmarks/model_speed.py  -> prints one line per model, writes metrics/bench-models.json
+Each model trains on random 100x50 batches of 64 (Adam, channels_last) for a few timed steps after warm-up.
+"""
+
+import time
+
+import torch
+
+from simcaptcha.models import PatchDiscriminator, Reader, Refiner
+from simcaptcha.pipeline import METRICS
+from simcaptcha.store import write_json
+from simcaptcha.training import pick_device
+
+
+def images_per_second(model: torch.nn.Module, batch: torch.Tensor, steps: int = 8, warmup: int = 3) -> float:
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters())
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        model(batch).mean().backward()
+        optimizer.step()
+    return steps * len(batch) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    pick_device()
+    batch = torch.rand(64, 1, 50, 100).contiguous(memory_format=torch.channels_last)
+    models = {
+        "reader 16-32-64-96 (default)": Reader(50, 100, 36, 4, "positions", (16, 32, 64, 96)),
+        "reader 32-64-96-128": Reader(50, 100, 36, 4, "positions", (32, 64, 96, 128)),
+        "refiner 16x3 (default)": Refiner(16, 3),
+        "refiner 32x3": Refiner(32, 3),
+        "refiner 64x4 (paper)": Refiner(64, 4),
+        "discriminator 32 (default)": PatchDiscriminator(32),
+    }
+    figures = {}
+    for name, model in models.items():
+        figures[name] = round(images_per_second(model, batch, steps=2 if "paper" in name else 8))
+        print(f"{name}: {figures[name]:,} training images/s")
+    write_json(METRICS / "bench-models.json", figures)
+
+
+if __name__ == "__main__":
+    main()
