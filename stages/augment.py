@@ -1,24 +1,27 @@
-"""DVC stage augment: N stored variants of every synthetic image (Keras-style geometry, blur, noise, warps, JPEG)."""
+"""DVC stage augment: N stored variants of every synthetic image (Keras-style geometry, blur, noise, warps, JPEG).
 
-import pandas as pd
+The site's fixed noise (the mask) stays in place while the text moves, as on the real site.
+"""
 
 from simcaptcha.augment import augment_images
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.mask import site_mask
 from simcaptcha.pipeline import AUGMENTED, IMAGES, SYNTHETIC, stage_metrics
 from simcaptcha.store import read_image_set, write_image_set
 
 
 def main() -> None:
-    config = load_config().augment
+    params = load_config()
+    config = params.augment
     with stage_metrics("augment") as figures:
         for offset, kind in enumerate(("captchas", "glyphs")):
             synthetic = read_image_set(SYNTHETIC / kind)
-            images, source_index = augment_images(synthetic.images, config, config.seed + offset)
+            mask = site_mask(params) if kind == "captchas" else None  # a glyph's slice of the mask has no fixed place
+            images, source_index = augment_images(synthetic.images, config, config.seed + offset, mask)
             manifest = synthetic.manifest.iloc[source_index].reset_index(drop=True)
-            manifest["name"] = [f"{name}-v{variant}" for name, variant in
-                                zip(manifest["name"], pd.Series(source_index).groupby(source_index).cumcount())]
+            manifest["name"] = [f"{name}-v{row % config.variants}" for row, name in enumerate(manifest["name"])]
             write_image_set(AUGMENTED / kind, images, manifest, config.shard_size)
             figures[kind] = {"images": len(images)}
             save_png(IMAGES / f"augment-{kind}.png", contact_sheet(list(images[:32]), manifest["label"][:32].tolist(),

@@ -22,6 +22,8 @@ def main() -> None:
         reader, spec, _ = load_reader(MODELS / "synthetic.safetensors")
         coder = LabelCoder(spec.charset, spec.length, spec.head)
         refined = refine_images(refiner, synthetic.images, config.batch_size, device)
+        if config.threshold > 0:
+            refined = np.where(refined > config.threshold * 255, 255, 0).astype(np.uint8)
         before, _ = read_images(reader.to(device), coder, synthetic.images, config.batch_size)
         after, _ = read_images(reader, coder, refined, config.batch_size)
         flipped = np.array([b != a for b, a in zip(before, after)], dtype=bool)

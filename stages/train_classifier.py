@@ -9,6 +9,7 @@ import torch
 from simcaptcha.config import load_config
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
+from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
 from simcaptcha.store import read_image_set, write_log_csv
@@ -54,7 +55,7 @@ def main(name: str) -> None:
         checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
         log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
                            params.augment if config.augment_on_the_fly else None, checkpoint, pick_device(),
-                           synthetic_count=len(data))
+                           synthetic_count=len(data), mask=None if glyphs else site_mask(params))
         save_reader(MODELS / f"{name}.safetensors", model, spec, background)
         write_log_csv(METRICS / f"train-classifier-{name}.csv", log)
         figures.update(log[-1], images=len(images), real_labels_used=len(real_names))

@@ -328,3 +328,17 @@ def test_threshold_rebinarizes_and_blur_thickens_strokes():
     assert (out[0, 10] == 255).sum() > 2  # brighter blur, then threshold: a thicker stroke
     thin, _ = augment_images(stroke, replace(blurred, brightness_range=[0.6, 0.6]), seed=0)
     assert (thin[0, 10] == 255).sum() < (out[0, 10] == 255).sum()
+
+
+def test_the_site_mask_stays_in_place_while_the_text_moves():
+    mask = np.zeros((20, 30), bool)
+    mask[5, :] = True  # a fixed line
+    image = np.zeros((1, 20, 30), np.uint8)
+    image[0, 8:14, 10:14] = 255  # the "text"
+    image[0][mask] = 255  # composited, as render-fonts does
+    shifted = replace(NEUTRAL, width_shift_range=0.2, height_shift_range=0.2)
+    out, _ = augment_images(image, shifted, seed=3, mask=mask)
+    assert (out[0][mask] == 255).all()  # the line is where it was
+    assert (out[0][~mask] == 255).sum() > 0 and not np.array_equal(out[0], image[0])  # the text moved
+    rows_lit = (out[0] == 255).all(axis=1)
+    assert rows_lit.sum() == 1  # and no moved copy of the line is left behind

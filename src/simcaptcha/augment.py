@@ -63,8 +63,12 @@ class Params:
 
 
 # ---------------------------------------------------------------- public entry points
-def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Distort a float N×1×H×W batch in [0, 1]; random numbers come from ``generator``.
+
+    ``mask`` (H×W, 1 = the site's fixed noise) stays where it is while the text moves, as on a real site that
+    draws its lines after distorting the text: see ``apply_params``.
 
     They are drawn on the generator's device and moved to the images' device: pass a generator on the
     images' device to avoid the transfer.
@@ -72,10 +76,11 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     n, _, h, w = images.shape
     if n == 0:
         return images
-    return apply_params(images, sample_params(n, h, w, config, generator, images.device), config)
+    return apply_params(images, sample_params(n, h, w, config, generator, images.device), config, mask)
 
 
-def augment_images(images: np.ndarray, config: AugmentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def augment_images(images: np.ndarray, config: AugmentConfig, seed: int,
+                   mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Make ``config.variants`` distorted copies of every uint8 N×H×W image; return them and their source index.
 
     Output row k is variant k % variants of image k // variants (sample-major: image 0's variants come first).
@@ -89,12 +94,13 @@ def augment_images(images: np.ndarray, config: AugmentConfig, seed: int) -> tupl
     total = n * config.variants
     source = np.arange(total) // config.variants
     out = np.empty((total, h, w), np.uint8)
+    fixed = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=np.float32))
     with torch.no_grad(), progress(total=total, desc="augment", unit="img") as bar:
         for start in range(0, total, config.batch_size):
             rows = np.arange(start, min(start + config.batch_size, total))
             batch = torch.from_numpy(images[source[rows]]).unsqueeze(1).float() / 255
             draws = _concat([_draw(1, h, w, config, _row_generator(seed, row, config.variants)) for row in rows])
-            augmented = apply_params(batch, _params(draws, config, h, w), config)
+            augmented = apply_params(batch, _params(draws, config, h, w), config, fixed)
             out[rows] = _to_uint8(augmented)[:, 0].numpy()
             bar.update(len(rows))
     return out, source
@@ -107,10 +113,21 @@ def sample_params(n: int, h: int, w: int, config: AugmentConfig, generator: torc
     return _params(Draws(*(None if part is None else part.to(device) for part in _parts(draws))), config, h, w)
 
 
-def apply_params(images: torch.Tensor, params: Params, config: AugmentConfig) -> torch.Tensor:
-    """Apply chosen parameters: geometry, brightness, blur, noise, clamp to [0, 1], JPEG, threshold (in order)."""
+def apply_params(images: torch.Tensor, params: Params, config: AugmentConfig,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply chosen parameters: geometry, brightness, blur, noise, clamp to [0, 1], JPEG, threshold (in order).
+
+    With a ``mask``, the images carry the site's fixed noise at its place: the mask is warped with them and its
+    moved copy removed, and after the photometric steps the fixed mask is drawn back at full intensity.
+    """
+    if mask is not None:
+        mask = mask.to(images.device, images.dtype).expand(len(images), 1, *mask.shape[-2:])
     if _moves_pixels(config):
-        images = _warp(images, params, config)
+        if mask is None:
+            images = _warp(images, params, config)
+        else:
+            warped = _warp(torch.cat([images, mask], dim=1), params, config)
+            images = warped[:, :1] * (warped[:, 1:] < 0.5)
     images = images * params.brightness.view(-1, 1, 1, 1)
     if config.blur_sigma[1] > 0:
         radius = _radius(config.blur_sigma[1])
@@ -122,6 +139,8 @@ def apply_params(images: torch.Tensor, params: Params, config: AugmentConfig) ->
         images = _jpeg(images, params.jpeg_quality)
     if config.threshold > 0:  # back to the binarized sites' representation; with blur, varies stroke width
         images = (images > config.threshold).to(images.dtype)
+    if mask is not None:
+        images = torch.maximum(images, mask)
     return images
 
 

@@ -82,6 +82,12 @@ def command_target(args: argparse.Namespace) -> None:
     sys.exit(subprocess.call(command))
 
 
+def command_predict(args: argparse.Namespace) -> None:
+    from .predict import write_predictions  # torch is slow to import: only predict pays for it
+
+    write_predictions(args.model, args.inputs, args.batch_size, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simcaptcha", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--queue", action="store_true", help="queue the experiment (run with dvc queue start)")
     target.add_argument("--dry", action="store_true", help="print the dvc command instead of running it")
     target.set_defaults(handler=command_target)
+    predict = commands.add_parser("predict", help="read captchas with a trained reader file: CSV on stdout",
+                                  description="Write name,prediction,confidence CSV for every image of the "
+                                              "inputs, in input order; preprocessing comes from the model file.")
+    predict.add_argument("--model", required=True, help="reader file, e.g. data/models/refined.safetensors")
+    predict.add_argument("--batch-size", type=int, default=512, help="images decoded and read at a time (512)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image file, folder, zip/tar archive or challenge JSON; path or http(s) URL")
+    predict.set_defaults(handler=command_predict)
     return parser
 
 

@@ -178,6 +178,7 @@ class GanConfig:
 @dataclass(frozen=True)
 class RefineConfig:
     drop_flipped: bool = True  # drop refined images whose reading the synthetic reader changes
+    threshold: float = bounded(0.5, 0.0, 1.0)  # re-binarize refined images like the real ones (0 = keep gray)
     batch_size: int = bounded(256, 1)
     sample_sheet: int = bounded(24, 1)
     shard_size: int = bounded(10000, 1)

@@ -13,6 +13,7 @@ from skimage.morphology import disk
 
 from .config import MaskConfig
 from .errors import SimcaptchaError
+from .pipeline import MASK
 
 
 def lit_share(images: np.ndarray) -> np.ndarray:
@@ -59,3 +60,10 @@ def load_mask(path, height: int, width: int) -> np.ndarray:
     if mask.shape != (height, width):
         raise SimcaptchaError(f"{path}: mask is {mask.shape[0]}×{mask.shape[1]}, images are {height}×{width}")
     return mask
+
+
+def site_mask(params) -> np.ndarray | None:
+    """The mask synthetic captchas carry (None when render.use_mask is off), at the binarized image size."""
+    if not params.render.use_mask:
+        return None
+    return load_mask(MASK, *params.binarize.size)

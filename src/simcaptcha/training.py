@@ -116,11 +116,13 @@ def load_checkpoint(path: Path, run: str) -> dict | None:
 # ---------------------------------------------------------------- reader
 def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: list[str],
                  config: ClassifierConfig, augment: AugmentConfig | None, checkpoint: Path,
-                 device: torch.device, synthetic_count: int | None = None) -> list[dict]:
+                 device: torch.device, synthetic_count: int | None = None,
+                 mask: np.ndarray | None = None) -> list[dict]:
     """Train ``model`` in place; validate on a held-out share of the synthetic training images.
 
     The first ``synthetic_count`` images are synthetic (default: all); only those are held out, so real
-    labelled captchas added after them always train and never judge. Returns one log row per epoch:
+    labelled captchas added after them always train and never judge. ``mask``: the site's fixed noise, kept in
+    place by the on-the-fly augmentation. Returns one log row per epoch:
     the training loss, and character and whole-captcha accuracy on the held-out images.
     """
     generator = torch.Generator().manual_seed(config.seed)
@@ -137,6 +139,7 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
                                                    total_steps=config.epochs * steps_per_epoch)
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    fixed = None if mask is None else torch.from_numpy(mask.astype(np.float32)).to(device)
     run = fingerprint(asdict(config), asdict(augment) if augment else None, images[:: max(1, len(images) // 64)],
                       labels, coder.charset, coder.length, coder.head)
     log: list[dict] = []
@@ -159,7 +162,8 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
             rows = permutation[step * config.batch_size:(step + 1) * config.batch_size]
             batch = to_batch(images[rows], device)
             if augment is not None:
-                batch = augment_batch(batch, augment, augment_generator).contiguous(memory_format=torch.channels_last)
+                batch = augment_batch(batch, augment, augment_generator, fixed)
+                batch = batch.contiguous(memory_format=torch.channels_last)
             codes, lengths = coder.encode([labels[row] for row in rows], device)
             loss = coder.loss(model(batch), codes, lengths)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,81 @@
+"""Benchmark: captchas per second read by ``simcaptcha predict`` end to end (target: >= 1,000 at 100x50 on 2 cores).
+
+Usage: python benchmarks/predict_speed.py [--model data/models/refined.safetensors] [--runs 2] [--batch-size 512]
+Predicts the 3,000 embedded HackMIT sample captchas (challenge-17..19) ``--runs`` times: reading the challenge
+files, decoding, binarizing, the reader and CSV formatting, all timed. Uses the trained refined reader when it
+exists, else an untrained reader of the default params' size (same speed, meaningless predictions), and says
+which. Writes the figures to metrics/bench-predict.json.
+"""
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simcaptcha.config import load_config
+from simcaptcha.imaging import decode_set, detect_polarity, estimate_background
+from simcaptcha.modelfile import ReaderSpec, save_reader
+from simcaptcha.pipeline import METRICS
+from simcaptcha.predict import predict, read_inputs, write_csv
+from simcaptcha.store import write_json
+
+SAMPLES = [f"data/samples/hackmit2017/challenge-{number}" for number in (17, 18, 19)]
+TRAINED = Path("data/models/refined.safetensors")
+
+
+def untrained_reader(path: Path) -> ReaderSpec:
+    """A reader of the params' size with the sample's own preprocessing, as train-classifier would save it."""
+    params = load_config()
+    height, width = params.binarize.size
+    blobs, names = read_inputs(SAMPLES)
+    pool = decode_set(blobs, names, height, width)
+    polarity = detect_polarity(pool, params.binarize)
+    background = estimate_background(pool, params.binarize.background)
+    spec = ReaderSpec(params.render.charset, params.render.length[1], params.classifier.head,
+                      tuple(params.classifier.channels), height, width, params.binarize, polarity)
+    torch.manual_seed(0)
+    save_reader(path, spec.build(), spec, background)
+    return spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=TRAINED)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model
+        if model.exists():
+            kind = "trained"
+        else:
+            model = Path(scratch) / "untrained.safetensors"
+            spec = untrained_reader(model)
+            kind = f"untrained, channels {list(spec.channels)} ({args.model} does not exist)"
+        print(f"model: {model} ({kind})")
+        figures = {"model": str(args.model), "kind": kind, "batch_size": args.batch_size,
+                   "cores": len(os.sched_getaffinity(0)), "load_average_before": round(os.getloadavg()[0], 2)}
+        runs = []
+        for run in range(args.runs):
+            start, cpu = time.perf_counter(), time.process_time()
+            count = write_csv(predict(model, SAMPLES, args.batch_size), io.StringIO())
+            seconds = time.perf_counter() - start
+            runs.append({"captchas": count, "seconds": round(seconds, 3), "per_second": round(count / seconds),
+                         "cpu_per_wall": round((time.process_time() - cpu) / seconds, 2)})
+            print(f"run {run + 1}: {count} captchas in {seconds:.2f} s = {count / seconds:,.0f} captchas/s "
+                  f"(process CPU time / wall time {runs[-1]['cpu_per_wall']:.2f})")
+    figures["runs"] = runs
+    figures["per_second"] = round(float(np.median([run["per_second"] for run in runs])))
+    figures["load_average_after"] = round(os.getloadavg()[0], 2)
+    print(f"median: {figures['per_second']:,} captchas/s; load average {figures['load_average_before']} before, "
+          f"{figures['load_average_after']} after (other processes share the cores when it is above ~0.5)")
+    write_json(METRICS / "bench-predict.json", figures)
+
+
+if __name__ == "__main__":
+    main()
