@@ -1,0 +1,53 @@
+"""Run the whole pipeline on a target in a scratch clone and keep its figures here, under metrics/targets/NAME/.
+
+Usage (from the repository root, ../shared beside it for the bundled targets):
+    python benchmarks/run_target.py targets/hackmit2017.yaml [--name hackmit2017]
+The clone (a git clone of HEAD with ../shared linked beside it) stays in .cache/targets/NAME, so its models
+can be used afterwards: simcaptcha predict --model .cache/targets/NAME/data/models/refined.safetensors ...
+The workspace's own params, lock file and metrics are not touched.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from simcaptcha.store import write_json
+
+ROOT = Path.cwd()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("target")
+    parser.add_argument("--name")
+    args = parser.parse_args()
+    name = args.name or Path(args.target).stem
+    clone = ROOT / ".cache" / "targets" / name
+    shutil.rmtree(clone.parent / name, ignore_errors=True)
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone / "main")], check=True)
+    shared = ROOT.parent / "shared"
+    if shared.exists():
+        (clone / "shared").symlink_to(shared.resolve())
+    work = clone / "main"
+    start = time.perf_counter()
+    code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), "--name", name], cwd=work)
+    seconds = round(time.perf_counter() - start, 1)
+    if code != 0:
+        sys.exit(code)
+    out = ROOT / "metrics" / "targets" / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in sorted((work / "metrics").glob("*.json")):
+        shutil.copy(path, out / path.name)
+    write_json(out / "run.json", {"target": args.target, "seconds": seconds,
+                                  "models": str((work / "data" / "models").relative_to(ROOT))})
+    print(f"{name}: whole pipeline in {seconds} s; figures in {out.relative_to(ROOT)}")
+    print((out / "evaluate.json").read_text())
+
+
+if __name__ == "__main__":
+    main()
