@@ -18,12 +18,7 @@ from simcaptcha.modelfile import ReaderSpec, load_gan, load_reader, save_gan, sa
 from simcaptcha.models import PatchDiscriminator, Reader, Refiner
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_spec(**changes) -> ReaderSpec:

@@ -25,12 +25,7 @@ H, W = 16, 32
 CHANNELS = (4, 4, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_captchas(count: int, seed: int = 0, intensity: int = 255) -> tuple[np.ndarray, list[str]]:
@@ -199,7 +194,7 @@ def test_history_capacity_zero_never_stores():
         history.push(constant_batch(value, 4))
     assert history.size == 0
     assert history.images is None
-    assert history.state()["size"] == 0
+    assert history.state_dict()["size"] == 0
 
 
 def test_history_state_round_trip():
@@ -207,9 +202,9 @@ def test_history_state_round_trip():
     history = ImageHistory(6, generator)
     for value in range(1, 6):
         history.push(constant_batch(value, 2))
-    state = history.state()
+    state = history.state_dict()
     restored = ImageHistory(6, torch.Generator().manual_seed(3))
-    restored.load(state)
+    restored.load_state_dict(state)
     assert restored.size == history.size == 6
     assert torch.equal(restored.images, history.images)
     restored.generator.set_state(generator.get_state())
@@ -217,16 +212,16 @@ def test_history_state_round_trip():
     # an empty history round-trips to empty
     empty = ImageHistory(6, torch.Generator())
     again = ImageHistory(6, torch.Generator())
-    again.load(empty.state())
+    again.load_state_dict(empty.state_dict())
     assert again.size == 0 and again.images is None
 
 
 def test_history_state_survives_torch_save(tmp_path):
     history = ImageHistory(4, torch.Generator().manual_seed(0))
     history.push(constant_batch(5, 3))
-    torch.save(history.state(), tmp_path / "h.pt")
+    torch.save(history.state_dict(), tmp_path / "h.pt")
     restored = ImageHistory(4, torch.Generator().manual_seed(0))
-    restored.load(torch.load(tmp_path / "h.pt", weights_only=True))
+    restored.load_state_dict(torch.load(tmp_path / "h.pt", weights_only=True))
     assert restored.size == 3 and buffer_values(restored) == [5, 5, 5]
 
 

@@ -103,6 +103,23 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def snapshot(parts: dict) -> dict:
+    """The state of every module, optimizer, schedule, generator and buffer in ``parts``, plus torch's RNG."""
+    state = {key: part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
+             for key, part in parts.items()}
+    return {**state, "torch_rng": torch.get_rng_state()}
+
+
+def restore(state: dict, parts: dict) -> None:
+    """Put a ``snapshot`` back into the same parts."""
+    for key, part in parts.items():
+        if isinstance(part, torch.Generator):
+            part.set_state(state[key])
+        else:
+            part.load_state_dict(state[key])
+    torch.set_rng_state(state["torch_rng"])
+
+
 def load_checkpoint(path: Path, run: str) -> dict | None:
     if not path.exists():
         return None
@@ -142,16 +159,13 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
     fixed = None if mask is None else torch.from_numpy(mask.astype(np.float32)).to(device)
     run = fingerprint(asdict(config), asdict(augment) if augment else None, images[:: max(1, len(images) // 64)],
                       labels, coder.charset, coder.length, coder.head)
+    parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator,
+             "augment_generator": augment_generator}
     log: list[dict] = []
     first_epoch = 0
     state = load_checkpoint(checkpoint, run)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        augment_generator.set_state(state["augment_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore(state, parts)
         log, first_epoch = state["log"], state["epoch"]
     for epoch in range(first_epoch, config.epochs):
         model.train()
@@ -178,11 +192,7 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
             truth = [labels[row] for row in held_out]
             figures.update(validation_figures(predicted, truth))
         log.append(figures)
-        save_checkpoint(checkpoint, {"run": run, "epoch": epoch + 1, "log": log, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                     "generator": generator.get_state(),
-                                     "augment_generator": augment_generator.get_state(),
-                                     "torch_rng": torch.get_rng_state()})
+        save_checkpoint(checkpoint, {"run": run, "epoch": epoch + 1, "log": log, **snapshot(parts)})
     return log
 
 
@@ -224,10 +234,10 @@ class ImageHistory:
         rows = torch.randint(self.size, (count,), generator=self.generator).to(self.images.device)
         return self.images[rows]
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"images": self.images if self.images is not None else torch.empty(0), "size": self.size}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.size = int(state["size"])
         self.images = state["images"] if self.size else None
 
@@ -310,17 +320,13 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     reader_weights = [value.cpu().numpy() for value in reader.state_dict().values()] if reader is not None else []
     run = fingerprint(asdict(config), synthetic[:: max(1, len(synthetic) // 64)], real[:: max(1, len(real) // 64)],
                       labels, *reader_weights)
+    parts = {"refiner": refiner, "discriminator": discriminator, "refiner_optimizer": refiner_optimizer,
+             "discriminator_optimizer": discriminator_optimizer, "history": history, "generator": generator}
     log: list[dict] = []
     first_step = 0
     state = load_checkpoint(checkpoint, run)
     if state is not None:
-        refiner.load_state_dict(state["refiner"])
-        discriminator.load_state_dict(state["discriminator"])
-        refiner_optimizer.load_state_dict(state["refiner_optimizer"])
-        discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
-        history.load(state["history"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore(state, parts)
         log, first_step = state["log"], state["step"]
     pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
     total = pretraining + config.steps
@@ -339,11 +345,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
         row["history_size"] = history.size
         log.append(row)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(checkpoint, {
-                "run": run, "step": step + 1, "log": log, "refiner": refiner.state_dict(),
-                "discriminator": discriminator.state_dict(), "refiner_optimizer": refiner_optimizer.state_dict(),
-                "discriminator_optimizer": discriminator_optimizer.state_dict(), "history": history.state(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+            save_checkpoint(checkpoint, {"run": run, "step": step + 1, "log": log, **snapshot(parts)})
     return log
 
 
