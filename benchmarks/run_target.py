@@ -42,7 +42,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for path in sorted((work / "metrics").glob("*.json")):
-        shutil.copy(path, out / path.name)
+        if not path.name.startswith("bench-"):  # benchmarks are the workspace's, not this run's
+            shutil.copy(path, out / path.name)
     write_json(out / "run.json", {"target": args.target, "seconds": seconds,
                                   "models": str((work / "data" / "models").relative_to(ROOT))})
     print(f"{name}: whole pipeline in {seconds} s; figures in {out.relative_to(ROOT)}")
