@@ -16,7 +16,8 @@ from simcaptcha.store import read_image_set, write_log_csv
 from simcaptcha.training import LabelCoder, pick_device, train_reader
 
 
-def real_labelled(count: int, seed: int, length: int, charset: str) -> tuple[np.ndarray, list[str], list[str]]:
+def real_labelled(count: int, seed: int, lengths: list[int], charset: str) -> tuple[np.ndarray, list[str],
+                                                                                 list[str]]:
     """The first ``count`` real labelled captchas of a seeded shuffle; evaluate skips them by name."""
     labelled = read_image_set(BINARIZED / "labelled")
     if count > len(labelled):
@@ -24,7 +25,7 @@ def real_labelled(count: int, seed: int, length: int, charset: str) -> tuple[np.
     rows = np.random.default_rng(seed).permutation(len(labelled))[:count]
     labels = [labelled.labels[row] for row in rows]
     for row, label in zip(rows, labels):
-        if len(label) > length or set(label) - set(charset):
+        if not lengths[0] <= len(label) <= lengths[1] or set(label) - set(charset):
             raise SimcaptchaError(f"labelled captcha {labelled.names[row]!r}: label {label!r} does not fit "
                                   f"render.length and render.charset")
     return labelled.images[rows], labels, [labelled.names[row] for row in rows]
@@ -44,7 +45,7 @@ def main(name: str) -> None:
         data = read_image_set(READER_DATA[name])
         images, labels, real_names = data.images, data.labels, []
         if config.real_labels and not glyphs:
-            real_images, real_labels, real_names = real_labelled(config.real_labels, config.seed, length,
+            real_images, real_labels, real_names = real_labelled(config.real_labels, config.seed, render.length,
                                                                  render.charset)
             images, labels = np.concatenate([images, real_images]), labels + real_labels
         background, polarity = load_preprocessing(PREPROCESSING)

@@ -95,3 +95,11 @@ def test_render_param_reruns_only_render_and_downstream(project):
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == DOWNSTREAM_OF_RENDER
     assert (project / "data/binarized/unlabelled/shard-00000.npz").stat().st_mtime_ns == before
+
+
+def test_real_labels_used_in_training_are_not_evaluated(project):
+    _run(["dvc", "exp", "run", "-S", "classifier.real_labels=10"], project)
+    figures = json.loads((project / "metrics/evaluate.json").read_text())
+    for reader in ("refined", "synthetic"):
+        assert figures[reader]["real_labels_used"] == 10 and figures[reader]["count"] == 50
+    assert figures["letters"]["real_labels_used"] == 0 and figures["letters"]["count"] == 60
