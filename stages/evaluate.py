@@ -5,7 +5,6 @@ on unrefined synthetic captchas (so the refiner's value is a number); letters: a
 to equal-width slices. Real captchas a reader was trained on are skipped for that reader.
 """
 
-import io
 import json
 
 import numpy as np
@@ -17,7 +16,7 @@ from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.metrics import accuracy_figures, confusion_pairs, equal_slices
 from simcaptcha.modelfile import load_reader
 from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, stage_metrics
-from simcaptcha.store import read_image_set, write_bytes
+from simcaptcha.store import read_image_set, write_csv
 from simcaptcha.training import LabelCoder, pick_device, read_images
 
 
@@ -48,10 +47,8 @@ def main() -> None:
             predicted = [text for text, kept in zip(texts, keep) if kept]
             figures[name] = {**accuracy_figures(predicted, truth), "real_labels_used": len(trained_on)}
             if name == "refined":
-                pairs = pd.DataFrame(confusion_pairs(predicted, truth), columns=["actual", "predicted"])
-                buffer = io.StringIO()
-                pairs.to_csv(buffer, index=False, lineterminator="\n")
-                write_bytes(METRICS / "confusion.csv", buffer.getvalue().encode())
+                write_csv(METRICS / "confusion.csv",
+                          pd.DataFrame(confusion_pairs(predicted, truth), columns=["actual", "predicted"]))
                 rows = np.flatnonzero(keep)
                 wrong = [row for row, text in zip(rows, predicted) if text != labelled.labels[row]]
                 wrong.sort(key=lambda row: -confidences[row])  # confidently wrong first

@@ -4,6 +4,7 @@ single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas
 import sys
 
 import numpy as np
+import pandas as pd
 import torch
 
 from simcaptcha.config import load_config
@@ -12,7 +13,7 @@ from simcaptcha.imaging import load_preprocessing
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
-from simcaptcha.store import read_image_set, write_log_csv
+from simcaptcha.store import read_image_set, write_csv
 from simcaptcha.training import LabelCoder, pick_device, train_reader
 
 
@@ -58,7 +59,7 @@ def main(name: str) -> None:
                            params.augment if config.augment_on_the_fly else None, checkpoint, pick_device(),
                            synthetic_count=len(data), mask=None if glyphs else site_mask(params))
         save_reader(MODELS / f"{name}.safetensors", model, spec, background)
-        write_log_csv(METRICS / f"train-classifier-{name}.csv", log)
+        write_csv(METRICS / f"train-classifier-{name}.csv", pd.DataFrame(log))  # one row per epoch
         figures.update(log[-1], images=len(images), real_labels_used=len(real_names))
     checkpoint.unlink(missing_ok=True)
 

@@ -1,6 +1,7 @@
 """DVC stage train-gan: a SimGAN refiner that makes synthetic captchas look like the site's real ones."""
 
 import numpy as np
+import pandas as pd
 import torch
 
 from simcaptcha.config import load_config
@@ -9,7 +10,7 @@ from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.modelfile import load_reader, save_gan
 from simcaptcha.models import PatchDiscriminator, Refiner
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, IMAGES, METRICS, MODELS, stage_metrics
-from simcaptcha.store import read_image_set, write_log_csv
+from simcaptcha.store import read_image_set, write_csv
 from simcaptcha.training import LabelCoder, pick_device, to_batch, train_gan
 
 SHEET_COLUMNS = 8
@@ -35,7 +36,7 @@ def main() -> None:
         log = train_gan(refiner, discriminator, synthetic.images, synthetic.labels, real,
                         reader if config.consistency else None, coder, config, checkpoint, device)
         save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
-        write_log_csv(METRICS / "train-gan.csv", log)
+        write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
         last = [row for row in log[-50:] if "d_accuracy_real" in row]
         for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
             values = [row[key] for row in last if key in row]

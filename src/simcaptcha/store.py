@@ -103,10 +103,16 @@ def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series(dtype=str) for column in MANIFEST_COLUMNS})
 
 
-def write_manifest(path: Path, manifest: pd.DataFrame) -> None:
+def write_csv(path: str | os.PathLike, table: pd.DataFrame, quoting: int = csv.QUOTE_MINIMAL) -> None:
+    """A table as CSV, atomically and byte-stable (no index, "\n" line ends), for git, DVC and ``dvc plots``."""
     buffer = io.StringIO()
-    manifest.to_csv(buffer, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+    table.to_csv(buffer, index=False, lineterminator="\n", quoting=quoting)
     write_bytes(path, buffer.getvalue().encode())
+
+
+def write_manifest(path: Path, manifest: pd.DataFrame) -> None:
+    """Every field quoted, so any name or label (a bare carriage return included) reads back as written."""
+    write_csv(path, manifest, csv.QUOTE_NONNUMERIC)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -207,9 +213,3 @@ def read_encoded_set(directory: str | os.PathLike) -> tuple[list[bytes], pd.Data
     manifest = _check_manifest(read_manifest(directory / MANIFEST), len(blobs), directory)
     return blobs, manifest
 
-
-def write_log_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """A training log (one dict per step or epoch) as CSV for ``dvc plots``; columns in first-seen order."""
-    buffer = io.StringIO()
-    pd.DataFrame(rows).to_csv(buffer, index=False, lineterminator="\n")
-    write_bytes(path, buffer.getvalue().encode())
