@@ -10,8 +10,8 @@ from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.fonts import resolve_fonts
 from simcaptcha.imaging import contact_sheet, save_png
-from simcaptcha.mask import load_mask
-from simcaptcha.pipeline import IMAGES, MASK, SYNTHETIC, stage_metrics
+from simcaptcha.mask import site_mask
+from simcaptcha.pipeline import IMAGES, SYNTHETIC, stage_metrics
 from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set
 from simcaptcha.store import write_image_set
 
@@ -23,7 +23,8 @@ def main() -> None:
     fonts, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
     for path in lacking:
         print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
-    mask = load_mask(MASK, height, width) if config.use_mask else np.zeros((height, width), dtype=bool)
+    mask = site_mask(params)
+    mask = np.zeros((height, width), dtype=bool) if mask is None else mask
     renderer = Renderer(config, height, width, tuple(str(path) for path in fonts), mask)
     with stage_metrics("render-fonts") as figures:
         figures["fonts"] = len(fonts)
