@@ -30,6 +30,7 @@ from .fetch import fetch_set
 from .imaging import binarize_images, decode_set
 from .modelfile import ReaderSpec, load_reader
 from .models import Reader
+from .machine import available_cores
 from .training import LabelCoder, pick_device, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
@@ -45,14 +46,6 @@ def preprocess(blobs: Sequence[bytes], names: Sequence[str], spec: ReaderSpec,
 
 
 # ---------------------------------------------------------------- the reader
-def _cores() -> int:
-    """CPU cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def inference_reader(model: Reader) -> Reader:
     """A copy of ``model`` for reading only: batch norms folded into the convolutions before them, eval mode.
 
@@ -127,7 +120,7 @@ def predict(model_path: str | Path, inputs: Sequence[str], batch_size: int = 512
         # One core is left to the thread that decodes and binarizes the next batch. On a busy machine this
         # matters more: two torch threads on two shared cores wait on each other at every layer (measured
         # 2.4x slower than one thread while another process kept one of the two cores busy).
-        torch.set_num_threads(max(1, _cores() - 1))
+        torch.set_num_threads(max(1, available_cores() - 1))
     blobs, names = read_inputs(inputs)
     return _predict_batches(predictor, blobs, names, batch_size)
 

@@ -9,7 +9,6 @@ of worker processes.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from .progress import progress
 
 from .config import RenderConfig
 from .errors import SimcaptchaError
+from .machine import available_cores
 
 CHUNK = 500  # captchas per seeded work unit
 
@@ -149,7 +149,7 @@ class Renderer:
 def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple[np.ndarray, list[str]]:
     """Render ``count`` captchas or glyphs in parallel; identical output for any ``workers``."""
     jobs = [(kind, index, min(CHUNK, count - start)) for index, start in enumerate(range(0, count, CHUNK))]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cores()
     bar = progress(total=count, desc=f"render {kind}s", unit="img")
     results = []
     if workers == 1 or len(jobs) <= 1:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,12 +20,13 @@ from .progress import progress
 from .augment import augment_batch
 from .config import AugmentConfig, ClassifierConfig, GanConfig
 from .errors import SimcaptchaError
+from .machine import available_cores
 from .models import PatchDiscriminator, Reader, Refiner
 from .store import atomic_path
 
 
 def pick_device() -> torch.device:
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(available_cores())
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
