@@ -13,7 +13,7 @@ import numpy as np
 from simcaptcha.config import load_config
 from simcaptcha.fonts import resolve_fonts
 from simcaptcha.pipeline import METRICS
-from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set
+from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set, uniform_styles
 from simcaptcha.store import write_json
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     params = load_config()
     height, width = params.binarize.size
     fonts, _ = fonts_with_glyphs(resolve_fonts(params.render.fonts), params.render.charset)
-    renderer = Renderer(params.render, height, width, tuple(map(str, fonts)), np.zeros((height, width), bool))
+    renderer = Renderer(params.render, height, width, uniform_styles(fonts, params.render), np.zeros((height, width), bool))
     figures = {"count": args.count, "workers": args.workers, "size": [height, width], "fonts": len(fonts)}
     for run in ("cold", "warm"):
         start = time.perf_counter()

@@ -1,8 +1,9 @@
 """DVC stage evaluate: every reader on the real labelled captchas, beside two baselines.
 
-refined: the reader trained on refined synthetic captchas (the pipeline's answer); synthetic: the same recipe
-on unrefined synthetic captchas (so the refiner's value is a number); letters: a single-glyph reader applied
-to equal-width slices. Real captchas a reader was trained on are skipped for that reader.
+selftrained: the pipeline's answer (a reader that learnt the pool from its own confident readings);
+refined: the reader trained on refined synthetic captchas; synthetic: the same recipe on unrefined synthetic
+captchas (so the refiner's value is a number); letters: a single-glyph reader applied to equal-width slices.
+Real captchas a reader was trained on are skipped for that reader. Confusion and worst errors: selftrained.
 """
 
 import json
@@ -18,6 +19,8 @@ from simcaptcha.modelfile import load_reader
 from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, stage_metrics
 from simcaptcha.store import read_image_set, write_csv
 from simcaptcha.training import LabelCoder, pick_device, read_images
+
+READERS = ("selftrained", "refined", "synthetic", "letters")  # the first is the pipeline's answer
 
 
 def read_with(name: str, images: np.ndarray, slots: int, batch_size: int) -> tuple[list[str], list[float],
@@ -40,13 +43,13 @@ def main() -> None:
     config = params.evaluate
     labelled = read_image_set(BINARIZED / "labelled")
     with stage_metrics("evaluate") as figures:
-        for name in ("refined", "synthetic", "letters"):
+        for name in READERS:
             texts, confidences, trained_on = read_with(name, labelled.images, params.render.length[1], config.batch_size)
             keep = ~np.isin(labelled.names, trained_on)
             truth = [label for label, kept in zip(labelled.labels, keep) if kept]
             predicted = [text for text, kept in zip(texts, keep) if kept]
             figures[name] = {**accuracy_figures(predicted, truth), "real_labels_used": len(trained_on)}
-            if name == "refined":
+            if name == READERS[0]:
                 write_csv(METRICS / "confusion.csv",
                           pd.DataFrame(confusion_pairs(predicted, truth), columns=["actual", "predicted"]))
                 rows = np.flatnonzero(keep)
@@ -59,7 +62,7 @@ def main() -> None:
         if "char_accuracy" in figures["refined"]:
             figures["refiner_gain_char"] = round(figures["refined"]["char_accuracy"]
                                                  - figures["synthetic"]["char_accuracy"], 5)
-    print(json.dumps({name: figures[name] for name in ("refined", "synthetic", "letters")}, indent=1))
+    print(json.dumps({name: figures[name] for name in READERS}, indent=1))
 
 
 if __name__ == "__main__":

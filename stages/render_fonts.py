@@ -6,29 +6,38 @@ import time
 import numpy as np
 import pandas as pd
 
-from simcaptcha.config import load_config
+from simcaptcha.config import RenderConfig, load_config
 from simcaptcha.errors import run_main
-from simcaptcha.fonts import resolve_fonts
+from simcaptcha.estimate import fitted_styles, load_site
+from simcaptcha.fonts import font_id, resolve_fonts
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import site_mask
-from simcaptcha.pipeline import IMAGES, SYNTHETIC, stage_metrics
-from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set
+from simcaptcha.pipeline import ESTIMATE, IMAGES, SYNTHETIC, stage_metrics
+from simcaptcha.rendering import FontStyle, Renderer, fonts_with_glyphs, render_set, uniform_styles
 from simcaptcha.store import write_image_set
+
+
+def font_styles(config: RenderConfig) -> tuple[FontStyle, ...]:
+    """The closest fonts as the estimate stage fitted them, or every font of render.fonts at the given sizes."""
+    if config.closest_fonts:
+        return fitted_styles(load_site(ESTIMATE), config.closest_fonts, config.size_spread)
+    fonts, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
+    for path in lacking:
+        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
+    return uniform_styles(fonts, config)
 
 
 def main() -> None:
     params = load_config()
     config = params.render
     height, width = params.binarize.size
-    fonts, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
-    for path in lacking:
-        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
+    styles = font_styles(config)
     mask = site_mask(params)
     mask = np.zeros((height, width), dtype=bool) if mask is None else mask
-    renderer = Renderer(config, height, width, tuple(str(path) for path in fonts), mask)
+    renderer = Renderer(config, height, width, styles, mask)
     with stage_metrics("render-fonts") as figures:
-        figures["fonts"] = len(fonts)
-        figures["fonts_skipped"] = len(lacking)
+        figures["fonts"] = [f"{font_id(style.path)} {style.size[0]}-{style.size[1]}px +{style.stroke[0]}"
+                            for style in styles]
         for kind, count in (("captcha", config.count), ("glyph", config.glyph_count)):
             start = time.perf_counter()
             images, labels = render_set(renderer, kind, count, config.workers)

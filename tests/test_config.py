@@ -99,8 +99,8 @@ def test_unknown_nested_key_suggests_with_full_path(tmp_path):
 
 
 def test_unknown_top_level_section(tmp_path):
-    message = error_of(tmp_path, "train:\n  epochs: 3\n")
-    assert message == "params: unknown key train"
+    message = error_of(tmp_path, "plotting:\n  epochs: 3\n")
+    assert message == "params: unknown key plotting"
     assert "did you mean" in error_of(tmp_path, "rendr:\n  count: 3\n")
 
 

@@ -17,16 +17,18 @@ from conftest import REPO, SAMPLES
 
 TINY = {
     "fetch": {"unlabelled": {"limit": 300}, "labelled": {"limit": 60}},
-    "render": {"count": 120, "glyph_count": 60, "workers": 1},
+    "estimate": {"sample": 60, "probe": 10, "workers": 1},
+    "render": {"count": 120, "glyph_count": 60, "workers": 1, "fonts": ["Roboto", "Lato"], "closest_fonts": 2},
     "augment": {"batch_size": 64},
     "classifier": {"epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 32},
     "gan": {"steps": 4, "pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "batch_size": 8,
             "history_size": 16, "holdout": 50, "refiner_channels": 4, "refiner_blocks": 1,
             "discriminator_channels": 4},
     "refine": {"drop_flipped": False},  # an untrained reader flips everything
+    "selftrain": {"rounds": 2, "epochs": 1},
 }
 DOWNSTREAM_OF_RENDER = {"render-fonts", "augment", "train-classifier@synthetic", "train-classifier@glyphs",
-                        "train-gan", "refine", "train-classifier@refined", "evaluate"}
+                        "self-train", "train-gan", "refine", "train-classifier@refined", "evaluate"}
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -13,7 +13,7 @@ from simcaptcha import rendering
 from simcaptcha.config import RenderConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.fonts import FONTDATA_DIR
-from simcaptcha.rendering import CHUNK, Renderer, fonts_with_glyphs, render_set
+from simcaptcha.rendering import CHUNK, Renderer, fonts_with_glyphs, render_set, uniform_styles
 
 # A font that ships inside a declared dependency, so the tests run on a fresh machine.
 FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
@@ -26,7 +26,7 @@ def make_renderer(height: int = 50, width: int = 100, mask: np.ndarray | None = 
     config = RenderConfig(**settings)
     if mask is None:
         mask = np.zeros((height, width), dtype=bool)
-    return Renderer(config, height, width, (str(FONT),), mask)
+    return Renderer(config, height, width, uniform_styles([FONT], config), mask)
 
 
 def line_mask(height: int, width: int, row: int = 5) -> np.ndarray:

@@ -99,6 +99,9 @@ class RenderConfig:
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random
     use_mask: bool = True  # composite the site's fixed-noise mask
+    closest_fonts: int = bounded(8, 0)  # draw the N fonts of render.fonts closest to the pool, each at its fitted
+    #                                     size and outline (the estimate stage); 0: all at font_size/stroke_width
+    size_spread: float = bounded(0.1, 0.0, 0.9)  # fitted em size +- this share
     seed: int = bounded(0, 0)
     workers: int = bounded(0, 0)  # processes; 0 = one per core
     shard_size: int = bounded(10000, 1)
@@ -108,6 +111,16 @@ class RenderConfig:
             raise SimcaptchaError("params: render.charset is empty")
         if len(set(self.charset)) != len(self.charset):
             raise SimcaptchaError(f"params: render.charset {self.charset!r} repeats a character")
+
+
+# ---------------------------------------------------------------- estimate
+@dataclass(frozen=True)
+class EstimateConfig:
+    sample: int = bounded(400, 1)  # pool captchas measured
+    probe: int = bounded(100, 10)  # captchas rendered per candidate font and size
+    min_area: int = bounded(30, 1)  # smaller ink components (dots, line fragments) are not text
+    seed: int = bounded(0, 0)
+    workers: int = bounded(0, 0)  # processes; 0 = one per core
 
 
 # ---------------------------------------------------------------- augment
@@ -149,6 +162,17 @@ class ClassifierConfig:
     augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
     real_labels: int = bounded(0, 0)  # real labelled captchas allowed into training; evaluate skips them
     seed: int = bounded(0, 0)
+
+
+# ---------------------------------------------------------------- self-train
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    start: Literal["synthetic", "refined"] = "synthetic"  # the reader that labels the pool first, and its data
+    rounds: int = bounded(4, 0)  # label the pool, keep the confident share, train on it with the synthetic set
+    keep: list[float] = bounded([0.3, 0.9], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
+    epochs: int = bounded(2, 1)  # per round, continuing from the previous round's weights
+    learning_rate: float = bounded(1e-3, 0.0)
+    exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
 
 
 # ---------------------------------------------------------------- train-gan
@@ -196,9 +220,11 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     binarize: BinarizeConfig = field(default_factory=BinarizeConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     gan: GanConfig = field(default_factory=GanConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -149,3 +149,20 @@ def resolve_fonts(names: list[str]) -> list[Path]:
     if not chosen:
         raise SimcaptchaError("no fonts selected: render.fonts is empty (use ['*'] for every vendored family)")
     return sorted(chosen, key=_sort_key)
+
+
+def font_id(path: str | Path) -> str:
+    """A name for a font file that is the same on every machine: ``Family/file.ttf`` when vendored, else its path."""
+    path = Path(path)
+    try:
+        return path.relative_to(FONTDATA_DIR).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def font_from_id(name: str) -> Path:
+    """The font file ``font_id`` named, checked to exist."""
+    path = FONTDATA_DIR / name if not Path(name).is_absolute() else Path(name)
+    if not path.is_file():
+        raise SimcaptchaError(f"font {name}: no such font file (was it removed since the estimate stage ran?)")
+    return path

@@ -14,6 +14,7 @@ FETCHED = DATA / "fetched"  # encoded images as fetched: unlabelled/, labelled/
 BINARIZED = DATA / "binarized"  # text 255 on 0, fixed size: unlabelled/, labelled/
 PREPROCESSING = BINARIZED / "preprocessing.npz"  # the site's background estimate and text polarity, for predict
 MASK = DATA / "mask" / "mask.png"
+ESTIMATE = DATA / "estimate" / "site.json"  # the pool's text height, stroke width, length and fitted fonts
 SYNTHETIC = DATA / "synthetic"  # rendered: captchas/, glyphs/
 AUGMENTED = DATA / "augmented"  # captchas/, glyphs/
 FETCH_CACHE = Path(".cache") / "fetch"  # partial downloads kept for resuming a killed fetch

@@ -50,7 +50,7 @@ def rotated_glyph(path: str, size: int, stroke: int, char: str, angle: float) ->
     return np.asarray(bitmap)
 
 
-def _uniform_int(rng: np.random.Generator, bounds: list[int]) -> int:
+def _uniform_int(rng: np.random.Generator, bounds: list[int] | tuple[int, int]) -> int:
     return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
@@ -76,23 +76,37 @@ def _paste_max(canvas: np.ndarray, glyph: np.ndarray, top: int, left: int) -> No
 
 
 @dataclass(frozen=True)
+class FontStyle:
+    """A font file with the em sizes and outline widths it is drawn at ([min, max] pixels each)."""
+
+    path: str
+    size: tuple[int, int]
+    stroke: tuple[int, int]
+
+
+def uniform_styles(paths: list[Path] | tuple[str, ...], config: RenderConfig) -> tuple[FontStyle, ...]:
+    """Every font at render.font_size and render.stroke_width (when the pool does not choose them)."""
+    return tuple(FontStyle(str(path), tuple(config.font_size), tuple(config.stroke_width)) for path in paths)
+
+
+@dataclass(frozen=True)
 class Renderer:
     """Everything needed to draw captchas of one site; picklable so worker processes can use it."""
 
     config: RenderConfig
     height: int
     width: int
-    fonts: tuple[str, ...]
+    fonts: tuple[FontStyle, ...]
     mask: np.ndarray  # bool H×W, the site's fixed noise
 
     def _draw_text(self, rng: np.random.Generator, text: str, width: int, spacing: list[int]) -> np.ndarray:
         """Ink of ``text`` (0..255, H×width) in one font, each character rotated and offset on its own."""
         config = self.config
-        font = self.fonts[int(rng.integers(len(self.fonts)))]
-        size = _uniform_int(rng, config.font_size)
-        stroke = _uniform_int(rng, config.stroke_width)
+        style = self.fonts[int(rng.integers(len(self.fonts)))]
+        size = _uniform_int(rng, style.size)
+        stroke = _uniform_int(rng, style.stroke)
         intensity = _uniform_int(rng, config.text_intensity)
-        glyphs = [rotated_glyph(font, size, stroke, char, float(rng.uniform(*config.rotation))) for char in text]
+        glyphs = [rotated_glyph(style.path, size, stroke, char, float(rng.uniform(*config.rotation))) for char in text]
         gaps = _fit_gaps([_uniform_int(rng, spacing) for _ in text[1:]], spacing[0],
                          width - sum(glyph.shape[1] for glyph in glyphs))
         total = sum(glyph.shape[1] for glyph in glyphs) + sum(gaps)

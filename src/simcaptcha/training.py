@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .progress import progress
 
 from .augment import augment_batch
-from .config import AugmentConfig, ClassifierConfig, GanConfig
+from .config import AugmentConfig, ClassifierConfig, GanConfig, SelfTrainConfig
 from .errors import SimcaptchaError
 from .machine import available_cores
 from .models import PatchDiscriminator, Reader, Refiner
@@ -201,6 +201,44 @@ def validation_figures(predicted: list[str], truth: list[str]) -> dict:
     right = sum(p == t for guess, label in zip(predicted, truth) for p, t in zip(guess, label))
     return {"val_char_accuracy": round(right / max(chars, 1), 5),
             "val_captcha_accuracy": round(float(np.mean([p == t for p, t in zip(predicted, truth)])), 5)}
+
+
+# ---------------------------------------------------------------- self-training
+def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, synthetic_labels: list[str],
+               pool: np.ndarray, config: SelfTrainConfig, reader_config: ClassifierConfig,
+               augment: AugmentConfig | None, checkpoints: Path, device: torch.device,
+               mask: np.ndarray | None = None) -> list[dict]:
+    """Teach ``model`` the real images without a single label: pseudo-labelling in rounds (noisy student).
+
+    Each round reads the unlabelled pool with the current model, keeps its most confident share (growing from
+    keep[0] to keep[1]) with the model's readings as labels, and trains on those beside the synthetic set
+    (augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
+    labels anchored; the held-out synthetic share is still the only validation. A killed run resumes: every
+    round's last checkpoint stays in ``checkpoints`` and restores that round's weights.
+    """
+    model.to(device, memory_format=torch.channels_last)
+    log: list[dict] = []
+    previous: dict[int, str] = {}
+    for round_index in range(config.rounds):
+        low, high = config.keep
+        share = low + (high - low) * round_index / max(config.rounds - 1, 1)
+        texts, confidences = read_images(model, coder, pool, device=device)
+        valid = np.asarray([0 < len(text) <= coder.length for text in texts])  # CTC may read too few or many
+        order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
+        kept = np.sort(np.asarray(order[:int(round(share * len(pool)))], dtype=np.int64))
+        changed = [previous[row] != texts[row] for row in kept if row in previous]
+        images = np.concatenate([synthetic, pool[kept]])
+        labels = synthetic_labels + [texts[row] for row in kept]
+        round_config = replace(reader_config, epochs=config.epochs, learning_rate=config.learning_rate,
+                               seed=reader_config.seed + round_index + 1)
+        history = train_reader(model, coder, images, labels, round_config, augment,
+                               checkpoints / f"round-{round_index + 1}.pt", device, len(synthetic), mask)
+        log.append({"round": round_index + 1, "pseudo_labels": len(kept), "kept_share": round(share, 4),
+                    "lowest_kept_confidence": round(min((confidences[row] for row in kept), default=0.0), 5),
+                    "relabelled_share": round(float(np.mean(changed)), 5) if changed else 0.0,
+                    **{key: value for key, value in history[-1].items() if key != "epoch"}})
+        previous = {row: texts[row] for row in kept}
+    return log
 
 
 # ---------------------------------------------------------------- SimGAN

@@ -1,0 +1,205 @@
+"""What the renderer should draw, measured on the unlabelled pool: text height, stroke width, length and fonts.
+
+A user should not have to guess a site's font size or weight. Text components (connected ink outside the
+fixed-noise mask) are measured on real captchas and on captchas rendered by each candidate font through the
+same code, so whatever the measurement's biases (lines cutting glyphs, touching characters) they cancel:
+
+- the em size of each font is scaled until its components are as tall as the pool's (median);
+- its outline width is the one whose mean stroke width (twice the distance to the background along the
+  skeleton) is nearest the pool's;
+- fonts are ranked by how well their component shapes and the pool's explain each other: each shape, reduced
+  to a normalised 20×20 image, is matched to its most similar counterpart (cosine), in both directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.measure import label, regionprops
+from skimage.morphology import skeletonize
+
+from .config import EstimateConfig, RenderConfig
+from .errors import SimcaptchaError
+from .fonts import font_from_id, font_id
+from .machine import available_cores
+from .progress import progress
+from .rendering import FontStyle, Renderer
+
+SHAPE_SIDE = 20  # components are compared as SHAPE_SIDE² images
+MAX_STROKE = 4  # outline widths tried per font
+
+
+@dataclass(frozen=True)
+class TextComponents:
+    """Connected text components of a set of binarized captchas."""
+
+    shapes: np.ndarray  # N×SHAPE_SIDE² float32, each centred and scaled to unit length
+    heights: np.ndarray  # N pixels
+    stroke_width: float  # mean stroke width over all images, pixels
+    per_image: np.ndarray  # components per image
+
+
+def _shape_vector(component: np.ndarray) -> np.ndarray:
+    """A component's bitmap padded to a square (aspect kept) and resized to SHAPE_SIDE²."""
+    height, width = component.shape
+    side = max(height, width)
+    square = np.zeros((side, side), np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = component * 255
+    small = Image.fromarray(square).resize((SHAPE_SIDE, SHAPE_SIDE), Image.BILINEAR)
+    return np.asarray(small, np.float32).ravel() / 255
+
+
+def text_components(images: np.ndarray, mask: np.ndarray, min_area: int) -> TextComponents:
+    """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255."""
+    outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
+    shapes, heights, strokes, per_image = [], [], [], []
+    for image in images:
+        labels = label((image > 127) & outside)
+        text = [component for component in regionprops(labels) if component.area >= min_area]
+        ink = np.isin(labels, [component.label for component in text])  # specks and line fragments left out
+        skeleton = skeletonize(ink)
+        if skeleton.any():
+            strokes.append(float((2 * ndimage.distance_transform_edt(ink)[skeleton]).mean()))
+        for component in text:
+            heights.append(component.image.shape[0])
+            shapes.append(_shape_vector(component.image))
+        per_image.append(len(text))
+    if not shapes:
+        raise SimcaptchaError(f"estimate: no text components of at least {min_area} pixels in {len(images)} images")
+    matrix = np.stack(shapes)
+    matrix -= matrix.mean(axis=1, keepdims=True)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-9
+    return TextComponents(matrix, np.asarray(heights), float(np.mean(strokes)), np.asarray(per_image))
+
+
+def shape_similarity(pool: TextComponents, rendered: TextComponents) -> float:
+    """Mean best-match cosine of each pool shape among the rendered ones and of each rendered among the pool."""
+    similarity = pool.shapes @ rendered.shapes.T
+    return float(0.5 * (similarity.max(axis=1).mean() + similarity.max(axis=0).mean()))
+
+
+@dataclass(frozen=True)
+class FontFit:
+    """One candidate font drawn at the size and outline that best match the pool, and how close it comes."""
+
+    font: str  # path
+    size: int
+    stroke: int
+    similarity: float
+    height: float
+    stroke_width: float
+
+
+def _probe(render: RenderConfig, config: EstimateConfig, height: int, width: int, mask: np.ndarray,
+           font: str, size: int, stroke: int) -> TextComponents:
+    """Components of ``config.probe`` captchas drawn with one font at one size; the same seed for every font."""
+    style = FontStyle(font, (size, size), (stroke, stroke))
+    probe_config = dataclasses.replace(render, salt=0.0, use_mask=True)  # the pool's images carry the mask
+    renderer = Renderer(probe_config, height, width, (style,), mask)
+    rng = np.random.default_rng([config.seed, 2])
+    images = np.stack([renderer.captcha(rng)[0] for _ in range(config.probe)])
+    return text_components(images, mask, config.min_area)
+
+
+def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: EstimateConfig, height: int,
+             width: int, mask: np.ndarray) -> FontFit:
+    """Scale the font to the pool's text height, pick its outline by stroke width, and score its shapes."""
+    target = float(np.median(pool.heights))
+
+    def scaled(size: int, stroke: int, rounds: int) -> int:
+        """The height is nearly proportional to the em size: a few rescalings converge."""
+        for _ in range(rounds):
+            measured = float(np.median(_probe(render, config, height, width, mask, font, size, stroke).heights))
+            size = int(np.clip(round(size * target / max(measured, 1.0)), 4, 4 * height))
+        return size
+
+    size = scaled(int(round(np.mean(render.font_size))), 0, 3)
+    best = None
+    for stroke in range(MAX_STROKE + 1):
+        components = _probe(render, config, height, width, mask, font, size, stroke)
+        gap = abs(components.stroke_width - pool.stroke_width)
+        if best is None or gap < best[0]:
+            best = (gap, stroke)
+        if components.stroke_width > pool.stroke_width:  # wider outlines only widen further
+            break
+    stroke = best[1]
+    size = scaled(size, stroke, 2) if stroke else size  # an outline adds height: fit the size again with it
+    components = _probe(render, config, height, width, mask, font, size, stroke)
+    return FontFit(font, size, stroke, round(shape_similarity(pool, components), 5),
+                   float(np.median(components.heights)), round(components.stroke_width, 3))
+
+
+def estimate_length(pool: TextComponents) -> tuple[int, list[int]]:
+    """Characters per captcha, read as text components per pool image: the median and the middle 80 % range.
+
+    Touching characters merge and lines split others, so this is a first guess for a site whose length is
+    not known, not a measurement; render.length set by the user wins (the stage warns when they disagree).
+    """
+    low, middle, high = np.percentile(pool.per_image, [10, 50, 90])
+    return max(1, int(round(middle))), [max(1, int(round(low))), max(1, int(round(high)))]
+
+
+def _fit_job(job: tuple) -> FontFit:
+    return fit_font(*job)
+
+
+def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], render: RenderConfig,
+                  config: EstimateConfig) -> dict:
+    """Measure ``config.sample`` pool captchas and fit every candidate font; fonts ranked closest first."""
+    rows = np.sort(np.random.default_rng(config.seed).permutation(len(pool_images))[:config.sample])
+    pool = text_components(pool_images[rows], mask, config.min_area)
+    height, width = pool_images.shape[1:]
+    jobs = [(font, pool, render, config, height, width, mask) for font in fonts]
+    workers = min(config.workers or available_cores(), len(jobs))
+    with progress(total=len(jobs), desc="fit fonts", unit="font") as bar:
+        if workers <= 1:
+            fits = []
+            for job in jobs:
+                fits.append(_fit_job(job))
+                bar.update()
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as processes:
+                fits = []
+                for fit in processes.imap(_fit_job, jobs):
+                    fits.append(fit)
+                    bar.update()
+    fits.sort(key=lambda fit: (-fit.similarity, fonts.index(fit.font)))
+    length, length_range = estimate_length(pool)
+    return {
+        "measured_captchas": len(rows),
+        "text_height": float(np.median(pool.heights)),
+        "stroke_width": round(pool.stroke_width, 3),
+        "length": length,
+        "length_range": length_range,
+        "fonts": [{**dataclasses.asdict(fit), "font": font_id(fit.font)} for fit in fits],
+    }
+
+
+def fitted_styles(site: dict, count: int, spread: float) -> tuple[FontStyle, ...]:
+    """The ``count`` closest fonts of an ``estimate_site`` result, each at its size +- ``spread`` and its outline."""
+    styles = []
+    for fit in site["fonts"][:count]:
+        low, high = int(round(fit["size"] * (1 - spread))), int(round(fit["size"] * (1 + spread)))
+        styles.append(FontStyle(str(font_from_id(fit["font"])), (max(low, 4), max(high, 4)),
+                                (fit["stroke"], fit["stroke"])))
+    return tuple(styles)
+
+
+def load_site(path) -> dict:
+    """The estimate stage's result, with a one-line error when it is missing or torn."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SimcaptchaError(f"{path}: no such file (run the estimate stage first)") from None
+    except json.JSONDecodeError as error:
+        raise SimcaptchaError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SimcaptchaError(f"{path}: cannot be read ({error.__class__.__name__})") from None

@@ -1,0 +1,48 @@
+"""DVC stage estimate: measure the unlabelled pool (text height, stroke width, length) and fit every candidate font.
+
+render-fonts draws the render.closest_fonts best fits at their fitted size and outline.
+"""
+
+import sys
+
+import numpy as np
+
+from simcaptcha.config import load_config
+from simcaptcha.errors import run_main
+from simcaptcha.estimate import estimate_site, fitted_styles
+from simcaptcha.fonts import resolve_fonts
+from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.mask import load_mask
+from simcaptcha.pipeline import BINARIZED, ESTIMATE, IMAGES, MASK, stage_metrics
+from simcaptcha.rendering import Renderer, fonts_with_glyphs
+from simcaptcha.store import read_image_set, write_json
+
+
+def main() -> None:
+    params = load_config()
+    render = params.render
+    height, width = params.binarize.size
+    fonts, lacking = fonts_with_glyphs(resolve_fonts(render.fonts), render.charset)
+    for path in lacking:
+        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
+    pool = read_image_set(BINARIZED / "unlabelled").images
+    mask = load_mask(MASK, height, width)
+    with stage_metrics("estimate") as figures:
+        site = estimate_site(pool, mask, [str(path) for path in fonts], render, params.estimate)
+        write_json(ESTIMATE, site)
+        figures.update({key: value for key, value in site.items() if key != "fonts"},
+                       candidate_fonts=len(fonts), closest_fonts=site["fonts"][:max(render.closest_fonts, 1)])
+        if not render.length[0] <= site["length"] <= render.length[1]:
+            print(f"warning: the pool looks like {site['length']} characters per captcha "
+                  f"(range {site['length_range']}), but render.length is {render.length}", file=sys.stderr)
+        shown = fitted_styles(site, 8, 0.0)
+        rng = np.random.default_rng(0)
+        drawn = [Renderer(render, height, width, (style,), mask).captcha(rng) for style in shown]
+        captions = ["real"] * len(shown) + [f"{fit['font'].split('/')[-1][:18]} {fit['size']}px +{fit['stroke']}"
+                                            for fit in site["fonts"][:len(shown)]]
+        save_png(IMAGES / "estimate-fonts.png", contact_sheet(list(pool[:len(shown)]) + [image for image, _ in drawn],
+                                                              captions, columns=len(shown)))
+
+
+if __name__ == "__main__":
+    run_main(main)

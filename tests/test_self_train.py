@@ -1,0 +1,266 @@
+"""Tests for simcaptcha.training.self_train: pseudo-labelling the unlabelled pool in rounds (noisy student).
+
+A tiny reader (channels 4, 8, 8, 8) on 24×48 captchas of two characters from "ab", drawn with the test font:
+40 labelled synthetic images and 30 more used as the unlabelled pool. One epoch per round, one torch thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import captcha
+import numpy as np
+import pytest
+import torch
+
+from simcaptcha import training
+from simcaptcha.config import BinarizeConfig, ClassifierConfig, RenderConfig, SelfTrainConfig
+from simcaptcha.modelfile import ReaderSpec
+from simcaptcha.models import Reader
+from simcaptcha.rendering import Renderer, render_set, uniform_styles
+from simcaptcha.training import LabelCoder, self_train
+
+FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
+CPU = torch.device("cpu")
+H, W = 24, 48
+CHANNELS = (4, 8, 8, 8)
+SYNTHETIC, POOL = 40, 30
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def render(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    config = RenderConfig(charset="ab", length=[2, 2], font_size=[16, 18], stroke_width=[0, 0],
+                          rotation=[-5.0, 5.0], spacing=[0, 4], y_offset=[-2, 2], seed=seed)
+    renderer = Renderer(config, H, W, uniform_styles([FONT], config), np.zeros((H, W), dtype=bool))
+    return render_set(renderer, "captcha", count, workers=1)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, list[str], np.ndarray]:
+    synthetic, labels = render(SYNTHETIC, seed=0)
+    pool, _ = render(POOL, seed=1)  # its labels are never given to self_train
+    return synthetic, labels, pool
+
+
+def make_reader(head: str = "positions", seed: int = 0) -> Reader:
+    """Built as the stage builds it (ReaderSpec, so dropout 0.2), with fixed initial weights."""
+    torch.manual_seed(seed)
+    spec = ReaderSpec(charset="ab", length=2, head=head, channels=CHANNELS, height=H, width=W,
+                      binarize=BinarizeConfig(size=[H, W]), polarity="light")
+    return spec.build()
+
+
+def reader_config(**changes) -> ClassifierConfig:
+    settings = dict(epochs=1, batch_size=16, channels=list(CHANNELS))
+    settings.update(changes)
+    return ClassifierConfig(**settings)
+
+
+def selftrain_config(**changes) -> SelfTrainConfig:
+    settings = dict(rounds=2, keep=[0.5, 1.0], epochs=1)
+    settings.update(changes)
+    return SelfTrainConfig(**settings)
+
+
+def run(data, checkpoints: Path, config: SelfTrainConfig | None = None, model: Reader | None = None,
+        head: str = "positions", classifier: ClassifierConfig | None = None) -> tuple[Reader, list[dict]]:
+    synthetic, labels, pool = data
+    model = model or make_reader(head)
+    log = self_train(model, LabelCoder("ab", 2, head), synthetic, labels, pool, config or selftrain_config(),
+                     classifier or reader_config(head=head), None, checkpoints, CPU)
+    return model, log
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def weights(model: Reader) -> dict:
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def spy_on_rounds(monkeypatch, pool: np.ndarray) -> list[dict]:
+    """Record what each round hands train_reader, and how the model read the pool just before that round."""
+    real_train = training.train_reader
+    calls: list[dict] = []
+
+    def train(model, coder, images, labels, config, augment, checkpoint, device, synthetic_count=None, mask=None):
+        texts, confidences = training.read_images(model, coder, pool)  # eval mode, no dropout: what self_train saw
+        calls.append(dict(images=images.copy(), labels=list(labels), config=config, checkpoint=checkpoint,
+                          synthetic_count=synthetic_count, texts=texts, confidences=confidences))
+        return real_train(model, coder, images, labels, config, augment, checkpoint, device, synthetic_count, mask)
+
+    monkeypatch.setattr(training, "train_reader", train)
+    return calls
+
+
+def record_saves(monkeypatch) -> list:
+    real_save = training.save_checkpoint
+    calls: list = []
+
+    def save(path, state):
+        calls.append((Path(path).name, state["epoch"]))
+        real_save(path, state)
+
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    return calls
+
+
+# ---------------------------------------------------------------- rounds and shares
+def test_one_log_row_per_round_and_the_kept_share_grows(data, tmp_path):
+    _, log = run(data, tmp_path / "ck")
+    assert [row["round"] for row in log] == [1, 2]
+    assert [row["pseudo_labels"] for row in log] == [round(0.5 * POOL), POOL]
+    assert [row["kept_share"] for row in log] == [0.5, 1.0]
+    for row in log:
+        assert {"lowest_kept_confidence", "relabelled_share", "train_loss", "val_char_accuracy",
+                "val_captcha_accuracy"} <= set(row)
+        assert "epoch" not in row
+        assert 0.0 < row["lowest_kept_confidence"] <= 1.0 and np.isfinite(row["train_loss"])
+    assert log[0]["relabelled_share"] == 0.0  # nothing was kept before the first round
+    assert sorted(path.name for path in (tmp_path / "ck").iterdir()) == ["round-1.pt", "round-2.pt"]
+
+
+def test_the_share_moves_linearly_from_first_to_last_round(data, tmp_path):
+    _, log = run(data, tmp_path, selftrain_config(rounds=3, keep=[0.2, 0.8]))
+    assert [row["kept_share"] for row in log] == [0.2, 0.5, 0.8]
+    assert [row["pseudo_labels"] for row in log] == [6, 15, 24]
+
+
+def test_a_single_round_keeps_the_first_share(data, tmp_path):
+    _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[0.3, 0.9]))
+    assert [(row["round"], row["kept_share"], row["pseudo_labels"]) for row in log] == [(1, 0.3, 9)]
+
+
+def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(data, tmp_path, monkeypatch):
+    synthetic, labels, pool = data
+    model = make_reader()  # a start reader that has seen the synthetic set, so its readings differ per image
+    training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
+                          reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
+    calls = spy_on_rounds(monkeypatch, pool)
+    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05)
+    classifier = reader_config(seed=5)
+    _, log = run(data, tmp_path, config, model=model, classifier=classifier)
+    assert len(calls) == 3
+    previous: dict[int, str] = {}
+    for index, (call, row) in enumerate(zip(calls, log)):
+        confidences = np.asarray(call["confidences"])
+        kept = np.sort(np.argsort(-confidences, kind="stable")[:round(row["kept_share"] * POOL)])
+        assert len(kept) == row["pseudo_labels"] == [12, 18, 24][index]
+        # the synthetic set first (its labels anchor the reader), then the kept pool images with their readings
+        assert call["synthetic_count"] == SYNTHETIC
+        np.testing.assert_array_equal(call["images"][:SYNTHETIC], synthetic)
+        np.testing.assert_array_equal(call["images"][SYNTHETIC:], pool[kept])
+        assert call["labels"] == labels + [call["texts"][row_] for row_ in kept]
+        # every kept reading is at least as confident as every dropped one
+        dropped = np.setdiff1d(np.arange(POOL), kept)
+        assert confidences[kept].min() >= confidences[dropped].max()
+        assert row["lowest_kept_confidence"] == round(float(confidences[kept].min()), 5)
+        # the round's own schedule and checkpoint
+        assert call["checkpoint"] == tmp_path / f"round-{index + 1}.pt"
+        assert call["config"].epochs == config.epochs and call["config"].learning_rate == config.learning_rate
+        assert call["config"].seed == classifier.seed + index + 1
+        assert call["config"].batch_size == classifier.batch_size
+        changed = [previous[r] != call["texts"][r] for r in kept if r in previous]
+        assert row["relabelled_share"] == (round(float(np.mean(changed)), 5) if changed else 0.0)
+        previous = {int(r): call["texts"][r] for r in kept}
+    assert any(row["relabelled_share"] > 0 for row in log[1:])  # the relabelling figure was really exercised
+
+
+def test_empty_readings_are_never_kept(data, tmp_path):
+    # a CTC reader that reads every column as blank reads "" everywhere: nothing qualifies as a pseudo-label
+    model = make_reader("ctc")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([100.0, 0.0, 0.0]))
+    texts, _ = training.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
+    assert set(texts) == {""}
+    _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model, head="ctc")
+    assert log[0]["pseudo_labels"] == 0 and log[0]["lowest_kept_confidence"] == 0.0
+
+
+def test_ctc_readings_longer_than_the_label_length_do_not_crash(data, tmp_path):
+    model = make_reader("ctc", seed=1)
+    with torch.no_grad():  # a reader that has not learnt the length yet: no blanks, classes change along the text
+        model.head.weight.normal_(0.0, 5.0)
+        model.head.bias.zero_()
+        model.head.bias[0] = -100.0
+    texts, _ = training.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
+    assert max(len(text) for text in texts) > 2  # the precondition of this test
+    _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model, head="ctc")
+    assert len(log) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_self_train_on_the_gpu_with_a_reader_loaded_on_the_cpu(data, tmp_path):
+    synthetic, labels, pool = data
+    model = make_reader()  # on the CPU, as load_reader returns it in stages/self_train.py
+    log = self_train(model, LabelCoder("ab", 2, "positions"), synthetic, labels, pool, selftrain_config(rounds=1),
+                     reader_config(), None, tmp_path, torch.device("cuda"))
+    assert len(log) == 1
+
+
+# ---------------------------------------------------------------- weights
+def test_zero_rounds_return_nothing_and_leave_the_weights(data, tmp_path):
+    model = make_reader()
+    before = weights(model)
+    _, log = run(data, tmp_path / "ck", selftrain_config(rounds=0), model=model)
+    assert log == []
+    assert states_equal(model.state_dict(), before)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+
+def test_a_round_changes_the_weights(data, tmp_path):
+    model = make_reader()
+    before = weights(model)
+    run(data, tmp_path, selftrain_config(rounds=1), model=model)
+    after = model.state_dict()
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    assert not torch.equal(after["features.0.0.weight"], before["features.0.0.weight"])
+
+
+def test_self_train_is_deterministic(data, tmp_path):
+    first, log_a = run(data, tmp_path / "a")
+    second, log_b = run(data, tmp_path / "b")
+    assert log_a == log_b
+    assert states_equal(first.state_dict(), second.state_dict())
+
+
+# ---------------------------------------------------------------- resuming
+def test_a_second_call_restores_every_round_from_its_checkpoint(data, tmp_path, monkeypatch):
+    first, log = run(data, tmp_path)
+    saves = record_saves(monkeypatch)
+    again, again_log = run(data, tmp_path)  # a fresh reader with the same initial weights, checkpoints left
+    assert saves == []  # no round trained again
+    assert again_log == log
+    assert states_equal(again.state_dict(), first.state_dict())
+
+
+def test_a_run_killed_after_round_one_resumes_at_round_two(data, tmp_path, monkeypatch):
+    whole, whole_log = run(data, tmp_path / "whole")
+    real_save = training.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, tmp_path / "killed")
+    assert [path.name for path in (tmp_path / "killed").iterdir()] == ["round-1.pt"]
+    monkeypatch.undo()
+    saves = record_saves(monkeypatch)
+    resumed, resumed_log = run(data, tmp_path / "killed")
+    assert saves == [("round-2.pt", 1)]  # round 1 was restored, not trained again
+    assert resumed_log == whole_log
+    assert states_equal(resumed.state_dict(), whole.state_dict())
+
+
+def test_checkpoints_of_another_pool_are_not_resumed(data, tmp_path, monkeypatch):
+    synthetic, labels, pool = data
+    run(data, tmp_path)
+    saves = record_saves(monkeypatch)
+    _, log = run((synthetic, labels, pool[::-1].copy()), tmp_path)
+    assert [name for name, _ in saves] == ["round-1.pt", "round-2.pt"]  # both rounds trained anew
+    assert [row["pseudo_labels"] for row in log] == [15, 30]
