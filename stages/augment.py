@@ -3,6 +3,8 @@
 The site's fixed noise (the mask) stays in place while the text moves, as on the real site.
 """
 
+import numpy as np
+
 from simcaptcha.augment import augment_images
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
@@ -19,7 +21,11 @@ def main() -> None:
         for offset, kind in enumerate(("captchas", "glyphs")):
             synthetic = read_image_set(SYNTHETIC / kind)
             mask = site_mask(params) if kind == "captchas" else None  # a glyph's slice of the mask has no fixed place
-            images, source_index = augment_images(synthetic.images, config, config.seed + offset, mask)
+            if config.enabled:
+                images, source_index = augment_images(synthetic.images, config, config.seed + offset, mask)
+            else:
+                images, source_index = synthetic.images, np.repeat(np.arange(len(synthetic)), config.variants)
+                images = images[source_index]
             manifest = synthetic.manifest.iloc[source_index].reset_index(drop=True)
             manifest["name"] = [f"{name}-v{row % config.variants}" for row, name in enumerate(manifest["name"])]
             write_image_set(AUGMENTED / kind, images, manifest, config.shard_size)

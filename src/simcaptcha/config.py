@@ -126,6 +126,7 @@ class EstimateConfig:
 # ---------------------------------------------------------------- augment
 @dataclass(frozen=True)
 class AugmentConfig:
+    enabled: bool = True  # false: the augment stage passes the rendered images through (for ablations)
     variants: int = bounded(1, 1)  # augmented copies stored per synthetic image
     rotation_range: float = bounded(5.0, 0.0, 180.0)  # degrees, uniform in ±range (Keras)
     width_shift_range: float = bounded(0.05, 0.0, 1.0)  # fraction of width (Keras)
