@@ -119,6 +119,7 @@ class EstimateConfig:
     sample: int = bounded(400, 1)  # pool captchas measured
     probe: int = bounded(100, 10)  # captchas rendered per candidate font and size
     min_area: int = bounded(30, 1)  # smaller ink components (dots, line fragments) are not text
+    opening: int = bounded(0, 0, 3)  # first remove strokes thinner than 2·opening + 1 px (random thin lines)
     seed: int = bounded(0, 0)
     workers: int = bounded(0, 0)  # processes; 0 = one per core
 

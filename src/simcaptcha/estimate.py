@@ -8,7 +8,8 @@ same code, so whatever the measurement's biases (lines cutting glyphs, touching 
 - its outline width is the one whose mean stroke width (twice the distance to the background along the
   skeleton) is nearest the pool's;
 - fonts are ranked by how well their component shapes and the pool's explain each other: each shape, reduced
-  to a normalised 20×20 image, is matched to its most similar counterpart (cosine), in both directions.
+  to a normalised 20×20 image, is matched to its most similar counterpart (cosine), in both directions;
+  fonts that miss the pool's height, or only reach it at an outlying size, rank last.
 """
 
 from __future__ import annotations
@@ -57,12 +58,18 @@ def _shape_vector(component: np.ndarray) -> np.ndarray:
     return np.asarray(small, np.float32).ravel() / 255
 
 
-def text_components(images: np.ndarray, mask: np.ndarray, min_area: int) -> TextComponents:
-    """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255."""
+def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening: int = 0) -> TextComponents:
+    """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255.
+
+    ``opening`` > 0 first removes strokes thinner than 2·opening + 1 pixels (a site's random thin lines, which
+    would join every character into one component).
+    """
     outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
+    square = np.ones((2 * opening + 1, 2 * opening + 1), bool)
     shapes, heights, strokes, per_image = [], [], [], []
     for image in images:
-        labels = label((image > 127) & outside)
+        ink = (image > 127) & outside
+        labels = label(ndimage.binary_opening(ink, square) if opening else ink)
         text = [component for component in regionprops(labels) if component.area >= min_area]
         ink = np.isin(labels, [component.label for component in text])  # specks and line fragments left out
         skeleton = skeletonize(ink)
@@ -106,7 +113,7 @@ def _probe(render: RenderConfig, config: EstimateConfig, height: int, width: int
     renderer = Renderer(probe_config, height, width, (style,), mask)
     rng = np.random.default_rng([config.seed, 2])
     images = np.stack([renderer.captcha(rng)[0] for _ in range(config.probe)])
-    return text_components(images, mask, config.min_area)
+    return text_components(images, mask, config.min_area, config.opening)
 
 
 def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: EstimateConfig, height: int,
@@ -155,7 +162,7 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
                   config: EstimateConfig) -> dict:
     """Measure ``config.sample`` pool captchas and fit every candidate font; fonts ranked closest first."""
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(pool_images))[:config.sample])
-    pool = text_components(pool_images[rows], mask, config.min_area)
+    pool = text_components(pool_images[rows], mask, config.min_area, config.opening)
     height, width = pool_images.shape[1:]
     jobs = [(font, pool, render, config, height, width, mask) for font in fonts]
     workers = min(config.workers or available_cores(), len(jobs))
@@ -171,7 +178,14 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
                 for fit in processes.imap(_fit_job, jobs):
                     fits.append(fit)
                     bar.update()
-    fits.sort(key=lambda fit: (-fit.similarity, fonts.index(fit.font)))
+    target, typical_size = float(np.median(pool.heights)), float(np.median([fit.size for fit in fits]))
+
+    def plausible(fit: FontFit) -> bool:
+        """Reached the pool's text height at a size near the others' (an old-style or tiny font blown up
+        to reach it overflows the captcha, however well its few visible shapes match)."""
+        return abs(fit.height - target) <= 0.15 * target and fit.size <= 1.5 * typical_size
+
+    fits.sort(key=lambda fit: (not plausible(fit), -fit.similarity, fonts.index(fit.font)))
     length, length_range = estimate_length(pool)
     return {
         "measured_captchas": len(rows),
