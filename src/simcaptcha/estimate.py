@@ -155,7 +155,11 @@ def estimate_length(pool: TextComponents) -> tuple[int, list[int]]:
 
 
 def _fit_job(job: tuple) -> FontFit:
-    return fit_font(*job)
+    """fit_font, or a last-ranked fit for a font that leaves no text component (too thin for the opening)."""
+    try:
+        return fit_font(*job)
+    except SimcaptchaError:
+        return FontFit(job[0], 0, 0, -1.0, 0.0, 0.0)
 
 
 def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], render: RenderConfig,
