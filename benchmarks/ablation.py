@@ -10,7 +10,6 @@ Rows 1 and 3 are two extra experiments in the same clone, run only as far as the
 The table goes to metrics/targets/NAME/ablation.json and is printed as Markdown.
 """
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import yaml
 from simcaptcha.cli import _deep_merge
 from simcaptcha.config import read_yaml
 from simcaptcha.store import write_json
+
+from run_target import clone_env, target_arguments  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path.cwd()
 EVALUATE_READER = """
@@ -47,19 +48,16 @@ def run_variant(work: Path, target: Path, overrides: dict, stage: str, reader: s
     """Run one variant up to ``stage`` in the clone (DVC restores unchanged stages from its run-cache)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
         yaml.safe_dump(_deep_merge(read_yaml(target) or {}, overrides), file)
-    subprocess.run(["simcaptcha", "target", file.name, stage], cwd=work, check=True)
+    env = clone_env(work)
+    subprocess.run(["simcaptcha", "target", file.name, stage], cwd=work, check=True, env=env)
     Path(file.name).unlink()
     output = subprocess.run([sys.executable, "-c", EVALUATE_READER, reader], cwd=work, check=True,
-                            capture_output=True, text=True).stdout
+                            capture_output=True, text=True, env=env).stdout
     return json.loads(output)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target")
-    parser.add_argument("--name")
-    args = parser.parse_args()
-    name = args.name or Path(args.target).stem
+    args, name = target_arguments(__doc__.splitlines()[0])
     work = ROOT / ".cache" / "targets" / name / "main"
     evaluated = work / "metrics" / "evaluate.json"
     if not evaluated.exists():
@@ -69,7 +67,7 @@ def main() -> None:
     target = (ROOT / args.target).resolve()
     for row, (overrides, stage, reader) in EXTRA.items():
         rows[row] = run_variant(work, target, overrides, stage, reader)
-    subprocess.run(["simcaptcha", "target", str(target)], cwd=work, check=True)  # back to the target's own run
+    subprocess.run(["simcaptcha", "target", str(target)], cwd=work, check=True, env=clone_env(work))  # as it was
     table = [{"step": row, "char_accuracy": rows[row]["char_accuracy"],
               "captcha_accuracy": rows[row]["captcha_accuracy"], "count": rows[row]["count"],
               "real_labels_used": rows[row]["real_labels_used"]} for row in ORDER]

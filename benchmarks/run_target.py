@@ -8,6 +8,7 @@ The workspace's own params, lock file and metrics are not touched.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,22 @@ from simcaptcha.store import write_json
 ROOT = Path.cwd()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def target_arguments(description: str) -> tuple[argparse.Namespace, str]:
+    """``TARGET [--name NAME]``; the name defaults to the target file's stem."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("target")
     parser.add_argument("--name")
     args = parser.parse_args()
-    name = args.name or Path(args.target).stem
+    return args, args.name or Path(args.target).stem
+
+
+def clone_env(work: Path) -> dict:
+    """The environment for commands in a clone: its own library first, not the editable install's."""
+    return dict(os.environ, PYTHONPATH=str(work / "src"))
+
+
+def main() -> None:
+    args, name = target_arguments(__doc__.splitlines()[0])
     clone = ROOT / ".cache" / "targets" / name
     shutil.rmtree(clone.parent / name, ignore_errors=True)
     clone.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +45,8 @@ def main() -> None:
         (clone / "shared").symlink_to(shared.resolve())
     work = clone / "main"
     start = time.perf_counter()
-    code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), "--name", name], cwd=work)
+    code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), "--name", name], cwd=work,
+                           env=clone_env(work))
     seconds = round(time.perf_counter() - start, 1)
     if code != 0:
         sys.exit(code)

@@ -342,3 +342,19 @@ def test_the_site_mask_stays_in_place_while_the_text_moves():
     assert (out[0][~mask] == 255).sum() > 0 and not np.array_equal(out[0], image[0])  # the text moved
     rows_lit = (out[0] == 255).all(axis=1)
     assert rows_lit.sum() == 1  # and no moved copy of the line is left behind
+
+
+def test_a_moved_line_crossing_a_glyph_does_not_cut_it():
+    mask = np.zeros((20, 30), bool)
+    mask[10, :] = True  # a fixed line through the middle of the glyph
+    image = np.zeros((1, 20, 30), np.uint8)
+    image[0, 4:17, 8:20] = 255  # a solid glyph the line crosses
+    image[0][mask] = 255
+    shifted = replace(NEUTRAL, height_shift_range=0.15)  # the text (and the line's copy) move up to 3 px
+    for seed in range(5):
+        out, _ = augment_images(image, shifted, seed=seed, mask=mask)
+        glyph_rows = np.flatnonzero((out[0, :, 9:19] == 255).all(axis=1) & ~mask[:, 0])
+        assert glyph_rows.size, "the glyph vanished"
+        assert np.array_equal(glyph_rows, np.arange(glyph_rows[0], glyph_rows[-1] + 1)) or \
+            set(range(glyph_rows[0], glyph_rows[-1] + 1)) - set(glyph_rows) <= {10}  # no row cut, bar the line
+        assert (out[0, :, 0:6] == 255).sum() == 6  # beside the glyph the moved copy is erased: only the line

@@ -18,18 +18,12 @@ from simcaptcha.config import BinarizeConfig
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.store import write_encoded_set
 
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
+
 CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LOADER = importlib.util.spec_from_file_location("ddddocr_compare", REPO / "benchmarks" / "ddddocr_compare.py")
 bench = importlib.util.module_from_spec(LOADER)
 LOADER.loader.exec_module(bench)
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The Predictor sets torch's thread count; later tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from simcaptcha.errors import SimcaptchaError
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.predict import Predictor, inference_reader, predict, read_inputs
 
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
+
 CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789"
 CHALLENGE = SAMPLES / "challenge-19"
 KAGGLE_ZIP = SHARED_DATA / "kaggle_captcha_v2" / "captcha_images_v2.zip"
@@ -30,14 +32,6 @@ HEADER = ["name", "prediction", "confidence"]
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """predict() sets torch's thread count for itself; later tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def challenge():
     """The embedded challenge file's names (in file order), encoded images and decoded 100x50 RGB images."""
