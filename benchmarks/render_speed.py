@@ -11,9 +11,8 @@ import time
 import numpy as np
 
 from simcaptcha.config import load_config
-from simcaptcha.fonts import resolve_fonts
 from simcaptcha.pipeline import METRICS
-from simcaptcha.rendering import Renderer, fonts_with_glyphs, render_set, uniform_styles
+from simcaptcha.rendering import Renderer, candidate_fonts, render_set, uniform_styles
 from simcaptcha.store import write_json
 
 
@@ -24,8 +23,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_config()
     height, width = params.binarize.size
-    fonts, _ = fonts_with_glyphs(resolve_fonts(params.render.fonts), params.render.charset)
-    renderer = Renderer(params.render, height, width, uniform_styles(fonts, params.render), np.zeros((height, width), bool))
+    fonts = candidate_fonts(params.render)
+    renderer = Renderer(params.render, height, width, uniform_styles(fonts, params.render),
+                        np.zeros((height, width), bool))
     figures = {"count": args.count, "workers": args.workers, "size": [height, width], "fonts": len(fonts)}
     for run in ("cold", "warm"):
         start = time.perf_counter()

@@ -10,11 +10,10 @@ import numpy as np
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.estimate import estimate_site, fitted_styles
-from simcaptcha.fonts import resolve_fonts
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import load_mask
 from simcaptcha.pipeline import BINARIZED, ESTIMATE, IMAGES, MASK, stage_metrics
-from simcaptcha.rendering import Renderer, fonts_with_glyphs
+from simcaptcha.rendering import Renderer, candidate_fonts
 from simcaptcha.store import read_image_set, write_json
 
 
@@ -22,9 +21,7 @@ def main() -> None:
     params = load_config()
     render = params.render
     height, width = params.binarize.size
-    fonts, lacking = fonts_with_glyphs(resolve_fonts(render.fonts), render.charset)
-    for path in lacking:
-        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
+    fonts = candidate_fonts(render)
     pool = read_image_set(BINARIZED / "unlabelled").images
     mask = load_mask(MASK, height, width)
     with stage_metrics("estimate") as figures:

@@ -1,6 +1,5 @@
 """DVC stage render-fonts: labelled synthetic captchas and single glyphs drawn from the font pool, with the mask."""
 
-import sys
 import time
 
 import numpy as np
@@ -9,11 +8,11 @@ import pandas as pd
 from simcaptcha.config import RenderConfig, load_config
 from simcaptcha.errors import run_main
 from simcaptcha.estimate import fitted_styles, load_site
-from simcaptcha.fonts import font_id, resolve_fonts
+from simcaptcha.fonts import font_id
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import site_mask
 from simcaptcha.pipeline import ESTIMATE, IMAGES, SYNTHETIC, stage_metrics
-from simcaptcha.rendering import FontStyle, Renderer, fonts_with_glyphs, render_set, uniform_styles
+from simcaptcha.rendering import FontStyle, Renderer, candidate_fonts, render_set, uniform_styles
 from simcaptcha.store import write_image_set
 
 
@@ -21,10 +20,7 @@ def font_styles(config: RenderConfig) -> tuple[FontStyle, ...]:
     """The closest fonts as the estimate stage fitted them, or every font of render.fonts at the given sizes."""
     if config.closest_fonts:
         return fitted_styles(load_site(ESTIMATE), config.closest_fonts, config.size_spread)
-    fonts, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
-    for path in lacking:
-        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
-    return uniform_styles(fonts, config)
+    return uniform_styles(candidate_fonts(config), config)
 
 
 def main() -> None:

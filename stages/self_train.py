@@ -34,7 +34,7 @@ def main() -> None:
         checkpoints = CHECKPOINTS / "self-train"
         log = self_train(model, LabelCoder(spec.charset, spec.length, spec.head), synthetic.images,
                          synthetic.labels, pool.images[keep], config, params.classifier,
-                         params.augment if params.classifier.augment_on_the_fly and params.augment.enabled else None, checkpoints,
+                         params.training_augment, checkpoints,
                          pick_device(), site_mask(params))
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round

@@ -56,7 +56,7 @@ def main(name: str) -> None:
         model = spec.build()
         checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
         log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
-                           params.augment if config.augment_on_the_fly and params.augment.enabled else None, checkpoint, pick_device(),
+                           params.training_augment, checkpoint, pick_device(),
                            synthetic_count=len(data), mask=None if glyphs else site_mask(params))
         save_reader(MODELS / f"{name}.safetensors", model, spec, background)
         write_csv(METRICS / f"train-classifier-{name}.csv", pd.DataFrame(log))  # one row per epoch

@@ -231,6 +231,12 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    @property
+    def training_augment(self) -> AugmentConfig | None:
+        """The transforms readers apply to every training batch, or None (classifier.augment_on_the_fly off, or
+        augment.enabled off for an ablation)."""
+        return self.augment if self.classifier.augment_on_the_fly and self.augment.enabled else None
+
 
 # ---------------------------------------------------------------- parsing
 def _type_name(hint: Any) -> str:

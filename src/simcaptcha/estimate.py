@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from skimage.morphology import skeletonize
 from .config import EstimateConfig, RenderConfig
 from .errors import SimcaptchaError
 from .fonts import font_from_id, font_id
-from .machine import available_cores
+from .machine import process_map
 from .progress import progress
 from .rendering import FontStyle, Renderer
 
@@ -169,19 +168,8 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
     pool = text_components(pool_images[rows], mask, config.min_area, config.opening)
     height, width = pool_images.shape[1:]
     jobs = [(font, pool, render, config, height, width, mask) for font in fonts]
-    workers = min(config.workers or available_cores(), len(jobs))
-    with progress(total=len(jobs), desc="fit fonts", unit="font") as bar:
-        if workers <= 1:
-            fits = []
-            for job in jobs:
-                fits.append(_fit_job(job))
-                bar.update()
-        else:
-            with multiprocessing.get_context("fork").Pool(workers) as processes:
-                fits = []
-                for fit in processes.imap(_fit_job, jobs):
-                    fits.append(fit)
-                    bar.update()
+    fits = list(progress(process_map(_fit_job, jobs, config.workers), total=len(jobs), desc="fit fonts",
+                         unit="font"))
     target, typical_size = float(np.median(pool.heights)), float(np.median([fit.size for fit in fits]))
 
     def plausible(fit: FontFit) -> bool:
@@ -193,7 +181,7 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
     length, length_range = estimate_length(pool)
     return {
         "measured_captchas": len(rows),
-        "text_height": float(np.median(pool.heights)),
+        "text_height": target,
         "stroke_width": round(pool.stroke_width, 3),
         "length": length,
         "length_range": length_range,

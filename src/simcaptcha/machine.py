@@ -1,6 +1,8 @@
-"""What this machine lends the process."""
+"""What this machine lends the process, and how work is spread over it."""
 
+import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 
 
 def available_cores() -> int:
@@ -9,3 +11,13 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def process_map(function: Callable, jobs: Sequence, workers: int) -> Iterator:
+    """``function`` over ``jobs`` in order, in up to ``workers`` forked processes (0: one per core; 1: here)."""
+    workers = min(workers or available_cores(), len(jobs))
+    if workers <= 1:
+        yield from map(function, jobs)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(function, jobs)

@@ -8,7 +8,7 @@ of worker processes.
 
 from __future__ import annotations
 
-import multiprocessing
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +19,8 @@ from .progress import progress
 
 from .config import RenderConfig
 from .errors import SimcaptchaError
-from .machine import available_cores
+from .fonts import resolve_fonts
+from .machine import process_map
 
 CHUNK = 500  # captchas per seeded work unit
 
@@ -163,24 +164,24 @@ class Renderer:
 def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple[np.ndarray, list[str]]:
     """Render ``count`` captchas or glyphs in parallel; identical output for any ``workers``."""
     jobs = [(kind, index, min(CHUNK, count - start)) for index, start in enumerate(range(0, count, CHUNK))]
-    workers = workers or available_cores()
-    bar = progress(total=count, desc=f"render {kind}s", unit="img")
     results = []
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(renderer.render_chunk(job))
-            bar.update(job[2])
-    else:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            for result in pool.imap(renderer.render_chunk, jobs):
-                results.append(result)
-                bar.update(len(result[1]))
-    bar.close()
+    with progress(total=count, desc=f"render {kind}s", unit="img") as bar:
+        for result in process_map(renderer.render_chunk, jobs, workers):
+            results.append(result)
+            bar.update(len(result[1]))
     if not results:
         slot_width = renderer.width // renderer.config.length[1]
         width = renderer.width if kind == "captcha" else slot_width
         return np.zeros((0, renderer.height, width), dtype=np.uint8), []
     return np.concatenate([images for images, _ in results]), [label for _, labels in results for label in labels]
+
+
+def candidate_fonts(config: RenderConfig) -> list[Path]:
+    """render.fonts that draw every character of render.charset; each skipped font gets a warning on stderr."""
+    usable, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
+    for path in lacking:
+        print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
+    return usable
 
 
 def fonts_with_glyphs(fonts: list[Path], charset: str) -> tuple[list[Path], list[Path]]:

@@ -130,6 +130,16 @@ def load_checkpoint(path: Path, run: str) -> dict | None:
     return state if state.get("run") == run else None
 
 
+def resume(checkpoint: Path, run: str, parts: dict, counter: str) -> tuple[list[dict], int]:
+    """The log so far and the ``counter`` (epoch or step) to go on from, with ``parts`` restored from a
+    checkpoint of the same run; an empty log and 0 when there is none."""
+    state = load_checkpoint(checkpoint, run)
+    if state is None:
+        return [], 0
+    restore(state, parts)
+    return state["log"], state[counter]
+
+
 # ---------------------------------------------------------------- reader
 def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: list[str],
                  config: ClassifierConfig, augment: AugmentConfig | None, checkpoint: Path,
@@ -161,12 +171,7 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
                       labels, coder.charset, coder.length, coder.head)
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator,
              "augment_generator": augment_generator}
-    log: list[dict] = []
-    first_epoch = 0
-    state = load_checkpoint(checkpoint, run)
-    if state is not None:
-        restore(state, parts)
-        log, first_epoch = state["log"], state["epoch"]
+    log, first_epoch = resume(checkpoint, run, parts, "epoch")
     for epoch in range(first_epoch, config.epochs):
         model.train()
         permutation = train[torch.randperm(len(train), generator=generator).numpy()]
@@ -360,12 +365,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
                       labels, *reader_weights)
     parts = {"refiner": refiner, "discriminator": discriminator, "refiner_optimizer": refiner_optimizer,
              "discriminator_optimizer": discriminator_optimizer, "history": history, "generator": generator}
-    log: list[dict] = []
-    first_step = 0
-    state = load_checkpoint(checkpoint, run)
-    if state is not None:
-        restore(state, parts)
-        log, first_step = state["log"], state["step"]
+    log, first_step = resume(checkpoint, run, parts, "step")
     pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
     total = pretraining + config.steps
     for step in progress(range(first_step, total), initial=first_step, total=total, desc="train-gan", unit="step"):
