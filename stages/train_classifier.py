@@ -1,5 +1,8 @@
 """DVC stage train-classifier@NAME: a reader trained on synthetic (NAME=synthetic), refined (refined) or
-single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas when allowed."""
+single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas when allowed.
+
+Runs as one process (dvc repro) or as several under torchrun: torchrun --nproc_per_node N stages/train_classifier.py NAME
+"""
 
 import sys
 
@@ -8,8 +11,10 @@ import pandas as pd
 import torch
 
 from simcaptcha.config import load_config
+from simcaptcha.distributed import leave, rank_path
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
+from simcaptcha.machine import is_main_process
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
@@ -58,10 +63,12 @@ def main(name: str) -> None:
         log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
                            params.training_augment, checkpoint, pick_device(),
                            synthetic_count=len(data), mask=None if glyphs else site_mask(params))
-        save_reader(MODELS / f"{name}.safetensors", model, spec, background)
-        write_csv(METRICS / f"train-classifier-{name}.csv", pd.DataFrame(log))  # one row per epoch
+        if is_main_process():  # under torchrun, one process writes
+            save_reader(MODELS / f"{name}.safetensors", model, spec, background)
+            write_csv(METRICS / f"train-classifier-{name}.csv", pd.DataFrame(log))  # one row per epoch
         figures.update(log[-1], images=len(images), real_labels_used=len(real_names))
-    checkpoint.unlink(missing_ok=True)
+    rank_path(checkpoint).unlink(missing_ok=True)
+    leave()
 
 
 if __name__ == "__main__":

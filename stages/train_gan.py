@@ -1,12 +1,17 @@
-"""DVC stage train-gan: a SimGAN refiner that makes synthetic captchas look like the site's real ones."""
+"""DVC stage train-gan: a SimGAN refiner that makes synthetic captchas look like the site's real ones.
+
+Runs as one process (dvc repro) or as several under torchrun: torchrun --nproc_per_node N stages/train_gan.py
+"""
 
 import numpy as np
 import pandas as pd
 import torch
 
 from simcaptcha.config import load_config
+from simcaptcha.distributed import leave, rank_path
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.machine import is_main_process
 from simcaptcha.modelfile import load_reader, save_gan
 from simcaptcha.models import PatchDiscriminator, Refiner
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, IMAGES, METRICS, MODELS, stage_metrics
@@ -35,8 +40,10 @@ def main() -> None:
         checkpoint = CHECKPOINTS / "train-gan.pt"
         log = train_gan(refiner, discriminator, synthetic.images, synthetic.labels, real,
                         reader if config.consistency else None, coder, config, checkpoint, device)
-        save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
-        write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
+        if is_main_process():  # under torchrun, one process writes
+            save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
+            write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
+            save_samples(refiner, real, synthetic.images, device)
         last = [row for row in log[-50:] if "d_accuracy_real" in row]
         for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
             values = [row[key] for row in last if key in row]
@@ -44,13 +51,18 @@ def main() -> None:
                 figures[f"final_{key}"] = round(float(np.mean(values)), 4)
         figures["history_size"] = log[-1]["history_size"] if log else 0
         figures["real_images"] = len(real)
-        with torch.no_grad():
-            samples = synthetic.images[:SHEET_COLUMNS]
-            refined = refiner.eval()(to_batch(samples, device)).squeeze(1).mul(255).round().byte().cpu().numpy()
-        rows = list(real[:SHEET_COLUMNS]) + list(samples) + list(refined)
-        captions = ["real"] * SHEET_COLUMNS + ["synthetic"] * SHEET_COLUMNS + ["refined"] * SHEET_COLUMNS
-        save_png(IMAGES / "gan-samples.png", contact_sheet(rows, captions, columns=SHEET_COLUMNS))
-    checkpoint.unlink(missing_ok=True)
+    rank_path(checkpoint).unlink(missing_ok=True)
+    leave()
+
+
+@torch.no_grad()
+def save_samples(refiner: Refiner, real: np.ndarray, synthetic: np.ndarray, device: torch.device) -> None:
+    """A contact sheet: real captchas, synthetic ones, and the same synthetic ones refined."""
+    samples = synthetic[:SHEET_COLUMNS]
+    refined = refiner.eval()(to_batch(samples, device)).squeeze(1).mul(255).round().byte().cpu().numpy()
+    rows = list(real[:SHEET_COLUMNS]) + list(samples) + list(refined)
+    captions = ["real"] * SHEET_COLUMNS + ["synthetic"] * SHEET_COLUMNS + ["refined"] * SHEET_COLUMNS
+    save_png(IMAGES / "gan-samples.png", contact_sheet(rows, captions, columns=SHEET_COLUMNS))
 
 
 if __name__ == "__main__":

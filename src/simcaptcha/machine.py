@@ -13,6 +13,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def process_count() -> int:
+    """Processes in this run: torchrun's WORLD_SIZE, 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_rank() -> int:
+    """This process's place in a torchrun run (RANK); 0 for a plain run."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes artifacts and shows progress: rank 0, or the only process."""
+    return process_rank() == 0
+
+
 def process_map(function: Callable, jobs: Sequence, workers: int) -> Iterator:
     """``function`` over ``jobs`` in order, in up to ``workers`` forked processes (0: one per core; 1: here)."""
     workers = min(workers or available_cores(), len(jobs))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .machine import is_main_process
 from .store import write_json
 
 DATA = Path("data")
@@ -25,12 +26,14 @@ ROLES = ("unlabelled", "labelled")
 
 @contextmanager
 def stage_metrics(name: str) -> Iterator[dict]:
-    """Collect a stage's figures and write them, with its wall time, to metrics/<name>.json on success."""
+    """Collect a stage's figures and write them, with its wall time, to metrics/<name>.json on success (by the
+    first process of a multi-process run only)."""
     figures: dict = {}
     start = time.perf_counter()
     yield figures
     figures["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(METRICS / f"{name}.json", figures)
+    if is_main_process():
+        write_json(METRICS / f"{name}.json", figures)
 MODELS = DATA / "models"  # readers (synthetic, refined, glyphs) and the GAN, as self-describing safetensors
 REFINED = DATA / "refined"  # captchas/: the augmented synthetic set passed through the refiner
 CHECKPOINTS = Path(".cache") / "checkpoints"  # resumable training state of a killed stage

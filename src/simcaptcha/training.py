@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .progress import progress
-
+from . import distributed
 from .augment import augment_batch
 from .config import AugmentConfig, ClassifierConfig, GanConfig, SelfTrainConfig
 from .errors import SimcaptchaError
-from .machine import available_cores
+from .machine import available_cores, is_main_process, process_count, process_rank
 from .models import PatchDiscriminator, Reader, Refiner
+from .progress import progress
 from .store import atomic_path
 
 
 def pick_device() -> torch.device:
-    torch.set_num_threads(available_cores())
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one, else the CPU with this process's share of its cores; under torchrun it also
+    joins the process group (one process per GPU or per share of the cores)."""
+    torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return distributed.join()
 
 
 def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -134,6 +137,7 @@ def resume(checkpoint: Path, run: str, parts: dict, counter: str) -> tuple[list[
     """The log so far and the ``counter`` (epoch or step) to go on from, with ``parts`` restored from a
     checkpoint of the same run; an empty log and 0 when there is none."""
     state = load_checkpoint(checkpoint, run)
+    distributed.check_same_counter(state[counter] if state else 0, counter)
     if state is None:
         return [], 0
     restore(state, parts)
@@ -160,12 +164,19 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
     train = np.concatenate([order[len(held_out):], np.arange(synthetic_count, len(images))]).astype(np.int64)
     if len(train) == 0:
         raise SimcaptchaError("no images left to train the reader on (refine.drop_flipped may have dropped them all)")
-    steps_per_epoch = -(-len(train) // config.batch_size)
+    processes = process_count()
+    if config.batch_size < processes:
+        raise SimcaptchaError(f"params: classifier.batch_size = {config.batch_size} gives no image to some of the "
+                              f"{processes} processes")
+    # Several processes drop an epoch's last short batch: each of them needs a share of every batch.
+    steps_per_epoch = -(-len(train) // config.batch_size) if processes == 1 else max(1, len(train) // config.batch_size)
     model.to(device, memory_format=torch.channels_last)
+    trainee = distributed.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
                                                    total_steps=config.epochs * steps_per_epoch)
-    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + process_rank())
+    checkpoint = distributed.rank_path(checkpoint)
     fixed = None if mask is None else torch.from_numpy(mask.astype(np.float32)).to(device)
     run = fingerprint(asdict(config), asdict(augment) if augment else None, images[:: max(1, len(images) // 64)],
                       labels, coder.charset, coder.length, coder.head)
@@ -178,13 +189,13 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
         total_loss = 0.0
         bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         for step in bar:
-            rows = permutation[step * config.batch_size:(step + 1) * config.batch_size]
+            rows = distributed.rank_slice(permutation[step * config.batch_size:(step + 1) * config.batch_size])
             batch = to_batch(images[rows], device)
             if augment is not None:
                 batch = augment_batch(batch, augment, augment_generator, fixed)
                 batch = batch.contiguous(memory_format=torch.channels_last)
             codes, lengths = coder.encode([labels[row] for row in rows], device)
-            loss = coder.loss(model(batch), codes, lengths)
+            loss = coder.loss(trainee(batch), codes, lengths)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -192,7 +203,7 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
             total_loss += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         figures = {"epoch": epoch + 1, "train_loss": round(total_loss / steps_per_epoch, 5)}
-        if len(held_out):
+        if len(held_out) and is_main_process():
             predicted, _ = read_images(model, coder, images[held_out], device=device)
             truth = [labels[row] for row in held_out]
             figures.update(validation_figures(predicted, truth))
@@ -307,33 +318,39 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     Discriminator loss: real patches -> real; refined patches (half fresh, half from the history) -> refined.
     Returns a log row per step (both losses, each term, and D's accuracy on real and on refined patches).
     """
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
     refiner.to(device, memory_format=torch.channels_last).train()
     discriminator.to(device, memory_format=torch.channels_last).train()
+    trained_refiner, trained_discriminator = distributed.wrap(refiner), distributed.wrap(discriminator)
+    processes = process_count()
+    batch_size = config.batch_size // processes  # this process's share of every batch
+    if batch_size < 2:
+        raise SimcaptchaError(f"params: gan.batch_size = {config.batch_size} is too small for {processes} processes "
+                              "(each needs 2 images: half fresh, half from the history)")
     if reader is not None:
         reader.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
     refiner_optimizer = _optimizer(refiner.parameters(), config.optimizer, config.refiner_learning_rate)
     discriminator_optimizer = _optimizer(discriminator.parameters(), config.optimizer,
                                          config.discriminator_learning_rate)
-    history = ImageHistory(config.history_size, generator)
-    half = config.batch_size // 2
+    history = ImageHistory(config.history_size // processes, generator)
+    half = batch_size // 2
 
     def synthetic_batch() -> tuple[torch.Tensor, list[str]]:
-        rows = torch.randint(len(synthetic), (config.batch_size,), generator=generator).numpy()
+        rows = torch.randint(len(synthetic), (batch_size,), generator=generator).numpy()
         return to_batch(synthetic[rows], device), [labels[row] for row in rows]
 
     def real_batch() -> torch.Tensor:
-        return to_batch(real[torch.randint(len(real), (config.batch_size,), generator=generator).numpy()], device)
+        return to_batch(real[torch.randint(len(real), (batch_size,), generator=generator).numpy()], device)
 
     def refiner_step(adversarial_weight: float) -> dict:
         images, batch_labels = synthetic_batch()
-        refined = refiner(images)
+        refined = trained_refiner(images)
         regularization = (refined - images).abs().mean()
         loss = config.self_regularization * regularization
         terms = {"refiner_regularization": regularization.item()}
         if adversarial_weight:
-            adversarial = _adversarial(discriminator(refined), real=True)
+            adversarial = _adversarial(trained_discriminator(refined), real=True)
             loss = loss + adversarial
             terms["refiner_adversarial"] = adversarial.item()
         if reader is not None and config.consistency:
@@ -350,8 +367,9 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             refined = refiner(synthetic_batch()[0])
         fake = torch.cat([refined[:half], history.sample(half)]) if history.size >= half else refined
         history.push(refined[:half])
-        real_logits = discriminator(real_batch())
-        fake_logits = discriminator(fake)
+        real_images = real_batch()
+        logits = trained_discriminator(torch.cat([real_images, fake]))  # one pass: DDP reduces once per backward
+        real_logits, fake_logits = logits[:len(real_images)], logits[len(real_images):]
         loss = _adversarial(real_logits, real=True) + _adversarial(fake_logits, real=False)
         discriminator_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -365,6 +383,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
                       labels, *reader_weights)
     parts = {"refiner": refiner, "discriminator": discriminator, "refiner_optimizer": refiner_optimizer,
              "discriminator_optimizer": discriminator_optimizer, "history": history, "generator": generator}
+    checkpoint = distributed.rank_path(checkpoint)
     log, first_step = resume(checkpoint, run, parts, "step")
     pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
     total = pretraining + config.steps
