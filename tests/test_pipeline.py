@@ -2,65 +2,22 @@
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from simcaptcha.store import read_encoded_set, read_image_set
 
-from conftest import REPO, SAMPLES
+from conftest import SAMPLES, _run, tiny_project
 
-TINY = {
-    "fetch": {"unlabelled": {"limit": 300}, "labelled": {"limit": 60}},
-    "estimate": {"sample": 60, "probe": 10, "workers": 1},
-    "render": {"count": 120, "glyph_count": 60, "workers": 1, "fonts": ["Roboto", "Lato"], "closest_fonts": 2},
-    "augment": {"batch_size": 64},
-    "classifier": {"epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 32},
-    "gan": {"steps": 4, "pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "batch_size": 8,
-            "history_size": 16, "holdout": 50, "refiner_channels": 4, "refiner_blocks": 1,
-            "discriminator_channels": 4},
-    "refine": {"drop_flipped": False},  # an untrained reader flips everything
-    "selftrain": {"rounds": 2, "epochs": 1},
-}
 DOWNSTREAM_OF_RENDER = {"render-fonts", "augment", "train-classifier@synthetic", "train-classifier@glyphs",
                         "self-train", "train-gan", "refine", "train-classifier@refined", "evaluate"}
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A git repository holding the project's files (tracked and new, not ignored) with tiny params."""
-    root = tmp_path_factory.mktemp("clone") / "project"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                            check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root)
-    _run(["dvc", "repro"], root)
-    return root
+    """The tiny reproduced project that these tests inspect and change."""
+    return tiny_project(tmp_path_factory.mktemp("clone") / "project")
 
 
 def test_repro_builds_every_artifact(project):

@@ -1,0 +1,73 @@
+"""Experiments the way a team compares them: two git branches, a queued grid run two at a time, offline plots.
+
+All on the tiny pipeline; each experiment changes a param that reruns only the cheap end of the pipeline.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import _run, tiny_project
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return tiny_project(tmp_path_factory.mktemp("experiments") / "project")
+
+
+@pytest.fixture(scope="module")
+def branches(project) -> Path:
+    """A branch `fewer-rounds` with selftrain.rounds 1, reproduced and committed beside the default branch."""
+    _run(["git", "branch", "-M", "main"], project)
+    _run(["git", "add", "-A"], project)
+    _run([*GIT, "commit", "-qm", "main metrics"], project)
+    _run(["git", "checkout", "-qb", "fewer-rounds"], project)
+    _run(["dvc", "exp", "run", "-S", "selftrain.rounds=1"], project)  # exp run -S edits params.yaml and reproduces
+    _run(["git", "add", "-A"], project)
+    _run([*GIT, "commit", "-qm", "selftrain.rounds 1"], project)
+    _run(["git", "checkout", "-q", "main"], project)
+    _run(["dvc", "checkout", "-q"], project)
+    return project
+
+
+def test_params_and_metrics_diff_between_branches(branches):
+    params = json.loads(_run(["dvc", "params", "diff", "main", "fewer-rounds", "--json"], branches))
+    assert params["params.yaml"]["selftrain.rounds"] == {"old": 2, "new": 1, "diff": -1}
+    metrics = json.loads(_run(["dvc", "metrics", "diff", "main", "fewer-rounds", "--all", "--json"], branches))
+    assert metrics["metrics/self-train.json"]["round"] == {"old": 2, "new": 1, "diff": -1}
+    assert "selftrained.char_accuracy" in metrics["metrics/evaluate.json"]
+    assert metrics["metrics/train-gan.json"]["seconds"]["diff"] == 0  # the GAN did not rerun on the branch
+
+
+def test_plots_diff_between_branches_draws_offline(branches, tmp_path):
+    _run(["dvc", "plots", "diff", "main", "fewer-rounds", "-o", str(tmp_path / "plots")], branches)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "<script src=" not in page  # nothing loaded from a CDN: vega is inlined by .dvc/plots/offline.html
+    assert "vegaEmbed(" in page and "self-train.csv" in page
+    assert page.count("fewer-rounds") >= 1 and page.count("main") >= 1
+
+
+def test_queued_grid_runs_two_at_a_time(branches):
+    project = branches
+    for worst in (4, 8):
+        _run(["dvc", "exp", "run", "--queue", "-S", f"evaluate.worst_errors={worst}", "-n", f"worst-{worst}"], project)
+    _run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 300
+    while "Queued" in (status := _run(["dvc", "queue", "status"], project)) or "Running" in status:
+        assert time.monotonic() < deadline, f"queue did not finish in 300 s:\n{status}"
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project))
+    experiments = {run["name"]: run for commit in shown for run in (commit.get("experiments") or [])
+                   for run in run["revs"]}
+    assert {"worst-4", "worst-8"} <= set(experiments)
+    for worst in (4, 8):
+        data = experiments[f"worst-{worst}"]["data"]
+        assert data["params"]["params.yaml"]["data"]["evaluate"]["worst_errors"] == worst
+        assert "selftrained" in data["metrics"]["metrics/evaluate.json"]["data"]
+    diff = json.loads(_run(["dvc", "exp", "diff", "worst-4", "worst-8", "--json"], project))
+    assert diff["params"]["params.yaml"]["evaluate.worst_errors"] == {"old": 4, "new": 8, "diff": 4}
