@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import torch
+
+from simcaptcha.modelfile import load_gan, load_reader
+
+from conftest import REPO, _run, tiny_project
 
 
 def run_two_processes(out: Path) -> tuple[dict, dict]:
@@ -33,3 +37,26 @@ def test_two_processes_train_one_model_and_resume(tmp_path):
                                                              "gan.rank0.pt", "gan.rank1.pt"}
     resumed, _ = run_two_processes(tmp_path)  # the reader's last epoch and the GAN's step 6 are checkpointed
     assert resumed == first
+
+
+def test_stages_under_torchrun_write_the_same_artifacts(tmp_path):
+    """train-classifier and train-gan launched by torchrun with 2 processes: one set of outputs, loadable as
+    dvc repro's, and dvc commit takes them into the pipeline."""
+    project = tiny_project(tmp_path / "project")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for stage in (["stages/train_classifier.py", "synthetic"], ["stages/train_gan.py"]):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", *stage], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    model, spec, _ = load_reader(project / "data/models/synthetic.safetensors")
+    assert spec.length == 4 and model.head.out_features == 4 * len(spec.charset)
+    refiner, _ = load_gan(project / "data/models/gan.safetensors")
+    with torch.no_grad():
+        assert refiner(torch.zeros(1, 1, 50, 100)).shape == (1, 1, 50, 100)
+    figures = json.loads((project / "metrics/train-classifier-synthetic.json").read_text())
+    assert "val_char_accuracy" in figures and figures["real_labels_used"] == 0
+    assert not list((project / ".cache/checkpoints").glob("*.rank*.pt"))  # every rank removed its checkpoint
+    status = _run(["dvc", "status", "train-classifier@synthetic", "train-gan"], project)
+    assert "modified:           data/models/synthetic.safetensors" in status  # new weights, same contract
+    _run(["dvc", "commit", "-f", "train-classifier@synthetic", "train-gan"], project)
+    assert "changed outs" not in _run(["dvc", "status", "train-classifier@synthetic", "train-gan"], project)
