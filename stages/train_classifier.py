@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from simcaptcha.config import load_config
+from simcaptcha.config import Config, load_config
 from simcaptcha.distributed import leave, rank_path
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
@@ -18,23 +18,33 @@ from simcaptcha.machine import is_main_process
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
-from simcaptcha.store import read_image_set, write_csv
+from simcaptcha.store import ImageSet, read_image_set, write_csv
 from simcaptcha.training import LabelCoder, pick_device, train_reader
 
 
-def real_labelled(count: int, seed: int, lengths: list[int], charset: str) -> tuple[np.ndarray, list[str],
-                                                                                 list[str]]:
+def check_labels(labelled: ImageSet, params: Config) -> None:
+    """Every real label must be one a reader of render.charset and render.length can give; checked before any
+    training, since evaluate would otherwise count such a captcha as misread without a word."""
+    render, source = params.render, params.fetch.labelled
+    origin = source.labels_csv if source.labels == "csv" else "its file name"
+    for name, label in zip(labelled.names, labelled.labels):
+        outside = "".join(sorted(set(label) - set(render.charset)))
+        if outside:
+            problem = f"{outside!r} outside render.charset"
+        elif not render.length[0] <= len(label) <= render.length[1]:
+            problem = f"{len(label)} characters, outside render.length {render.length}"
+        else:
+            continue
+        raise SimcaptchaError(f"fetch.labelled: captcha {name!r} has the label {label!r} (from {origin}) with "
+                              f"{problem}")
+
+
+def real_labelled(labelled: ImageSet, count: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
     """The first ``count`` real labelled captchas of a seeded shuffle; evaluate skips them by name."""
-    labelled = read_image_set(BINARIZED / "labelled")
     if count > len(labelled):
         raise SimcaptchaError(f"params: classifier.real_labels = {count}, but only {len(labelled)} are labelled")
     rows = np.random.default_rng(seed).permutation(len(labelled))[:count]
-    labels = [labelled.labels[row] for row in rows]
-    for row, label in zip(rows, labels):
-        if not lengths[0] <= len(label) <= lengths[1] or set(label) - set(charset):
-            raise SimcaptchaError(f"labelled captcha {labelled.names[row]!r}: label {label!r} does not fit "
-                                  f"render.length and render.charset")
-    return labelled.images[rows], labels, [labelled.names[row] for row in rows]
+    return labelled.images[rows], [labelled.labels[row] for row in rows], [labelled.names[row] for row in rows]
 
 
 def main(name: str) -> None:
@@ -47,12 +57,13 @@ def main(name: str) -> None:
     head = "positions" if glyphs else config.head
     if head == "positions" and not glyphs and render.length[0] != render.length[1]:
         raise SimcaptchaError("params: classifier.head 'positions' needs a fixed render.length; use 'ctc'")
+    labelled = read_image_set(BINARIZED / "labelled")
+    check_labels(labelled, params)
     with stage_metrics(f"train-classifier-{name}") as figures:
         data = read_image_set(READER_DATA[name])
         images, labels, real_names = data.images, data.labels, []
         if config.real_labels and not glyphs:
-            real_images, real_labels, real_names = real_labelled(config.real_labels, config.seed, render.length,
-                                                                 render.charset)
+            real_images, real_labels, real_names = real_labelled(labelled, config.real_labels, config.seed)
             images, labels = np.concatenate([images, real_images]), labels + real_labels
         background, polarity = load_preprocessing(PREPROCESSING)
         spec = ReaderSpec(render.charset, length, head, tuple(config.channels), images.shape[1], images.shape[2],

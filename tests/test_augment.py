@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from skimage.measure import label, regionprops
 
 from simcaptcha.augment import apply_params, augment_batch, augment_images, sample_params
 from simcaptcha.config import AugmentConfig
@@ -143,6 +144,38 @@ def test_neutral_config_is_the_identity(images, variants, fill, seed):
     assert np.array_equal(out, np.repeat(images, variants, axis=0))
     x = torch.from_numpy(images).float().unsqueeze(1) / 255
     assert torch.equal(augment_batch(x, config, torch.Generator()), x)
+
+
+@st.composite
+def bar_captchas(draw: st.DrawFn) -> np.ndarray:
+    """A 50×100 binary image of 3-4 upright bars ("characters") told apart by their heights, 10 px or more apart
+    and clear of the border by more than the default geometry can move them."""
+    heights = draw(st.permutations([10, 16, 22, 28]))[:draw(st.integers(3, 4))]
+    image = np.zeros((50, 100), np.uint8)
+    x = 14 + draw(st.integers(0, 6))
+    for height in heights:
+        width = draw(st.integers(4, 8))
+        top = 25 + draw(st.integers(-2, 2)) - height // 2
+        image[top:top + height, x:x + width] = 255
+        x += width + draw(st.integers(10, 14))
+    return image
+
+
+def bars(image: np.ndarray) -> list[tuple[float, int]]:
+    """(centre x, height) of each bar, left to right; specks under 10 px are not bars."""
+    regions = [region for region in regionprops(label(image > 127)) if region.area >= 10]
+    return sorted((region.centroid[1], region.bbox[2] - region.bbox[0]) for region in regions)
+
+
+@SETTINGS
+@given(image=bar_captchas(), seed=st.integers(0, 2**63))
+def test_default_augmentation_keeps_every_character_whole_and_in_order(image, seed):
+    """The label survives: as many bars as before, none merged or cut, in the same order, each near its place."""
+    out, _ = augment_images(image[None], AugmentConfig(), seed)
+    before, after = bars(image), bars(out[0])
+    assert len(after) == len(before)
+    assert np.argsort([height for _, height in after]).tolist() == np.argsort([height for _, height in before]).tolist()
+    assert max(abs(x_after - x_before) for (x_after, _), (x_before, _) in zip(after, before)) < 10
 
 
 def test_augment_images_rejects_non_uint8():

@@ -52,9 +52,9 @@ def test_plots_diff_between_branches_draws_offline(branches, tmp_path):
 
 
 def test_queued_grid_runs_two_at_a_time(branches):
+    """The README's grid: one `dvc exp run --queue` with a sweep of values queues one experiment per value."""
     project = branches
-    for worst in (4, 8):
-        _run(["dvc", "exp", "run", "--queue", "-S", f"evaluate.worst_errors={worst}", "-n", f"worst-{worst}"], project)
+    _run(["dvc", "exp", "run", "--queue", "-S", "evaluate.worst_errors=4,8"], project)
     _run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 300
     while "Queued" in (status := _run(["dvc", "queue", "status"], project)) or "Running" in status:
@@ -62,12 +62,12 @@ def test_queued_grid_runs_two_at_a_time(branches):
         time.sleep(2)
     assert status.count("Success") == 2, status
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], project))
-    experiments = {run["name"]: run for commit in shown for run in (commit.get("experiments") or [])
+    experiments = {run["name"]: run["data"] for commit in shown for run in (commit.get("experiments") or [])
                    for run in run["revs"]}
-    assert {"worst-4", "worst-8"} <= set(experiments)
-    for worst in (4, 8):
-        data = experiments[f"worst-{worst}"]["data"]
-        assert data["params"]["params.yaml"]["data"]["evaluate"]["worst_errors"] == worst
-        assert "selftrained" in data["metrics"]["metrics/evaluate.json"]["data"]
-    diff = json.loads(_run(["dvc", "exp", "diff", "worst-4", "worst-8", "--json"], project))
+    by_value = {data["params"]["params.yaml"]["data"]["evaluate"]["worst_errors"]: name
+                for name, data in experiments.items()}
+    assert set(by_value) == {4, 8}
+    for name in by_value.values():
+        assert "selftrained" in experiments[name]["metrics"]["metrics/evaluate.json"]["data"]
+    diff = json.loads(_run(["dvc", "exp", "diff", by_value[4], by_value[8], "--json"], project))
     assert diff["params"]["params.yaml"]["evaluate.worst_errors"] == {"old": 4, "new": 8, "diff": 4}

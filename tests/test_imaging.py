@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLES
@@ -362,6 +364,33 @@ def test_decode_set_mixed_sizes_and_modes():
     assert np.all(out[1] == 77)
     assert np.all(out[2] == 255)
     assert np.all(np.abs(out[3].astype(int) - (10, 20, 30)) <= 3)
+
+
+def random_images(draw: st.DrawFn, count: int, height: int, width: int, channels: tuple[int, ...] = ()) -> np.ndarray:
+    seed = draw(st.integers(0, 2**32 - 1))
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width) + channels, dtype=np.uint8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), source=st.tuples(st.integers(1, 80), st.integers(1, 160)),
+       target=st.tuples(st.integers(8, 60), st.integers(8, 120)), channels=st.sampled_from([(), (3,)]))
+def test_fit_to_size_gives_the_target_shape_within_the_inputs_range(data, source, target, channels):
+    image = random_images(data.draw, 1, *source, channels)[0]
+    fitted = imaging.fit_to_size(image, *target)
+    assert fitted.shape == target + channels and fitted.dtype == np.uint8
+    assert image.min() <= fitted.min() and fitted.max() <= image.max()  # interpolation and padding invent no level
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 4), st.integers(8, 40), st.integers(8, 60)),
+       background=st.sampled_from(["none", "columns", "rows", "pixels"]),
+       method=st.sampled_from(["otsu", "fixed", "sauvola"]), polarity=st.sampled_from(["light", "dark"]))
+def test_binarized_images_are_text_255_on_0_of_the_input_size(data, shape, background, method, polarity):
+    images = random_images(data.draw, *shape, (3,))
+    config = BinarizeConfig(background=background, method=method)
+    binary = imaging.binarize_images(images, imaging.estimate_background(images, background), config, polarity)
+    assert binary.shape == shape and binary.dtype == np.uint8
+    assert set(np.unique(binary)) <= {0, 255}
 
 
 def test_decode_set_names_the_broken_image():

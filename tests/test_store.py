@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -108,6 +110,18 @@ def test_atomic_path_clears_a_stale_temp_from_a_killed_run(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == ["out.txt"]
+
+
+def test_atomic_path_clears_the_temp_of_a_dead_process_but_not_of_a_running_one(tmp_path):
+    """A SIGKILLed stage leaves its temp beside the output (another pid); the rerun must not leave it there."""
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()
+    dead = tmp_path / f".out.txt.tmp-{finished.pid}"
+    (dead / "shard").mkdir(parents=True)
+    running = tmp_path / f".out.txt.tmp-{os.getppid()}"  # pytest's parent: alive while this test runs
+    running.write_text("a concurrent writer's")
+    store.write_bytes(tmp_path / "out.txt", b"new")
+    assert sorted(os.listdir(tmp_path)) == [running.name, "out.txt"]
 
 
 def test_write_json_sorted_keys_and_stable_bytes(tmp_path):

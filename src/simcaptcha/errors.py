@@ -6,6 +6,10 @@ import sys
 from collections.abc import Callable
 
 
+# Escapes for the line breaks a name taken from the data (a file, a JSON entry) may hold.
+_LINE_BREAKS = {ord(char): repr(char)[1:-1] for char in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class SimcaptchaError(Exception):
     """A problem with the user's input or parameters; its message names the file or key at fault."""
 
@@ -15,7 +19,7 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except SimcaptchaError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {str(error).translate(_LINE_BREAKS)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -10,7 +10,6 @@ is checked to decode with Pillow here, so a later stage never meets a broken fil
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import http.client
 import io
@@ -90,7 +89,7 @@ def _fetch_set(source: SourceConfig, options: FetchConfig, role: str,
         rows = rows[:source.limit]
     if not rows:
         raise SimcaptchaError(f"no images in {', '.join(source.sources) or 'an empty source list'}")
-    _check_unique([image for image, _ in rows])
+    _check_names([image for image, _ in rows])
     for image, _ in rows:
         _check_decodes(image)
     manifest = pd.DataFrame({"name": [image.name for image, _ in rows],
@@ -195,6 +194,8 @@ def _from_json(data: bytes, spec: str) -> list[_Image]:
         raise SimcaptchaError(f"{spec}: truncated or invalid JSON at char {error.pos} ({error.msg})") from None
     except UnicodeDecodeError:
         raise SimcaptchaError(f"{spec}: JSON is not UTF-8 text") from None
+    except RecursionError:
+        raise SimcaptchaError(f"{spec}: JSON is nested too deeply") from None
     entries = document.get("images") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise SimcaptchaError(f'{spec}: JSON has no "images" list')
@@ -208,7 +209,7 @@ def _json_image(entry: object, index: int, spec: str) -> _Image:
     name = entry["name"]
     try:
         data = base64.b64decode(entry["jpg_base64"], validate=True)
-    except binascii.Error as error:
+    except ValueError as error:  # binascii.Error, or a character outside ASCII
         raise SimcaptchaError(f"{spec}: image {index} ({name}): jpg_base64 is not valid base64 ({error})") from None
     return _Image(name, name, data, spec, f"{spec}: image {index} ({name})")
 
@@ -241,7 +242,7 @@ def _from_zip(data: bytes, spec: str, options: FetchConfig) -> list[_Image]:
             _check_total(spec, sum(info.file_size for info in wanted), options)
             # zipfile stops at each header's file_size and checks the CRC, so a lying header cannot inflate.
             files = [(info.filename, archive.read(info)) for info in wanted]
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as error:
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, ValueError) as error:
         raise SimcaptchaError(f"{spec}: not a readable zip archive ({_one_line(error)})") from None
     return _archive_images(spec, files)
 
@@ -389,9 +390,15 @@ def _read_labels_csv(source: SourceConfig, options: FetchConfig, cache_dir: Path
     return dict(zip(table["name"], table["label"]))
 
 
-def _check_unique(images: list[_Image]) -> None:
+def _check_names(images: list[_Image]) -> None:
+    """Names are unique and storable: a name that is not Unicode text (a JSON "\\ud800", a file name in another
+    encoding) could not be written to the manifest."""
     seen: dict[str, _Image] = {}
     for image in images:
+        try:
+            image.name.encode()
+        except UnicodeEncodeError:
+            raise SimcaptchaError(f"{image.where}: image name {image.name!r} is not valid Unicode text") from None
         if image.name in seen:
             raise SimcaptchaError(f"duplicate image name {image.name!r} ({seen[image.name].where} and {image.where})")
         seen[image.name] = image

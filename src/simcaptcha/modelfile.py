@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import BinarizeConfig, GanConfig, parse_section
 from .errors import SimcaptchaError
 from .models import PatchDiscriminator, Reader, Refiner
-from .store import atomic_path
+from .store import write_bytes
 
 READER_FORMAT = "simcaptcha-reader/1"
 GAN_FORMAT = "simcaptcha-gan/1"
@@ -45,8 +45,17 @@ class ReaderSpec:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    with atomic_path(path) as tmp:
-        save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, str(tmp), metadata)
+    data = save({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, metadata)
+    write_bytes(path, _sorted_header(data))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata in hash-map
+    order, which changes from process to process, so the same model would otherwise give different bytes."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the tensor data stays 8-byte aligned
+    return len(header).to_bytes(8, "little") + header + data[8 + size:]
 
 
 def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,6 +8,7 @@ one file per image, and the manifest keeps the set readable without Python.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -35,16 +36,38 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale_temps(path: Path) -> list[Path]:
+    """Temporary paths beside ``path`` whose writer is gone (a killed run), or is this process."""
+    stale = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = candidate.name.rpartition("-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _is_running(int(pid))):
+            stale.append(candidate)
+    return stale
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (file or directory); move it into place only on success.
 
-    A killed or failing stage therefore never leaves a half-written artifact where DVC would cache it.
+    A killed or failing stage therefore never leaves a half-written artifact where DVC would cache it, and the
+    temporary path a killed run left is removed by the next write of the same path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    for stale in _stale_temps(path):
+        _remove(stale)
     try:
         yield tmp
     except BaseException:

@@ -130,7 +130,7 @@ def load_checkpoint(path: Path, run: str) -> dict | None:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception:  # a checkpoint from another version or a torn file: start over rather than fail
         return None
-    return state if state.get("run") == run else None
+    return state if isinstance(state, dict) and state.get("run") == run else None
 
 
 def resume(checkpoint: Path, run: str, parts: dict, counter: str) -> tuple[list[dict], int]:
