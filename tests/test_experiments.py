@@ -54,6 +54,7 @@ def test_plots_diff_between_branches_draws_offline(branches, tmp_path):
 def test_queued_grid_runs_two_at_a_time(branches):
     """The README's grid: one `dvc exp run --queue` with a sweep of values queues one experiment per value."""
     project = branches
+    before = set(experiments(project))  # the branch fixture's own dvc exp run is listed too
     _run(["dvc", "exp", "run", "--queue", "-S", "evaluate.worst_errors=4,8"], project)
     _run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 300
@@ -61,13 +62,18 @@ def test_queued_grid_runs_two_at_a_time(branches):
         assert time.monotonic() < deadline, f"queue did not finish in 300 s:\n{status}"
         time.sleep(2)
     assert status.count("Success") == 2, status
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project))
-    experiments = {run["name"]: run["data"] for commit in shown for run in (commit.get("experiments") or [])
-                   for run in run["revs"]}
+    queued = {name: data for name, data in experiments(project).items() if name not in before}
     by_value = {data["params"]["params.yaml"]["data"]["evaluate"]["worst_errors"]: name
-                for name, data in experiments.items()}
+                for name, data in queued.items()}
     assert set(by_value) == {4, 8}
     for name in by_value.values():
-        assert "selftrained" in experiments[name]["metrics"]["metrics/evaluate.json"]["data"]
+        assert "selftrained" in queued[name]["metrics"]["metrics/evaluate.json"]["data"]
     diff = json.loads(_run(["dvc", "exp", "diff", by_value[4], by_value[8], "--json"], project))
     assert diff["params"]["params.yaml"]["evaluate.worst_errors"] == {"old": 4, "new": 8, "diff": 4}
+
+
+def experiments(project: Path) -> dict[str, dict]:
+    """Every experiment `dvc exp show` lists, by name: its params and metrics."""
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project))
+    return {run["name"]: run["data"] for commit in shown for run in (commit.get("experiments") or [])
+            for run in run["revs"]}
