@@ -6,7 +6,6 @@ cache to a remote in a temporary folder, git-clones HEAD, pulls there, and check
 Prints the times and sizes, writes metrics/bench-remote.json.
 """
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -14,19 +13,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the sshd the remote tests start
+sys.path.insert(0, str(REPO / "tests"))  # the sshd the remote tests start, and their environment
 
 import servers  # noqa: E402
+from conftest import TOOLS_ENV  # noqa: E402
 
 from simcaptcha.pipeline import METRICS  # noqa: E402
 from simcaptcha.store import write_json  # noqa: E402
 
-ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-
 
 def run(args: list[str], cwd: Path) -> tuple[str, float]:
     start = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=TOOLS_ENV, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout + result.stderr, time.perf_counter() - start

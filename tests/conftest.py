@@ -13,6 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the development data set; CI always has it beside the repo
 SAMPLES = REPO / "data" / "samples" / "hackmit2017"  # the embedded default target
+TOOLS_ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # venv's dvc first
 TINY = {
     "fetch": {"unlabelled": {"limit": 300}, "labelled": {"limit": 60}},
     "estimate": {"sample": 60, "probe": 10, "workers": 1},
@@ -36,8 +37,7 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 def _run(args: list[str], cwd: Path) -> str:
     """The output of a command run with this venv's tools (dvc) first on PATH; a failure fails the test."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=TOOLS_ENV, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

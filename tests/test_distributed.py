@@ -14,12 +14,16 @@ from simcaptcha.modelfile import load_gan, load_reader
 from conftest import REPO, _run, tiny_project
 
 
-def run_two_processes(out: Path) -> tuple[dict, dict]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+def torchrun(args: list[str], cwd: Path, **env: str) -> None:
+    """Launch a script as torchrun does, in 2 CPU processes of one thread each; a failure fails the test."""
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(Path(__file__).with_name("ddp_worker.py")), str(out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+                             *args], cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1", **env),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def run_two_processes(out: Path) -> tuple[dict, dict]:
+    torchrun([str(Path(__file__).with_name("ddp_worker.py")), str(out)], REPO, PYTHONPATH=str(REPO / "src"))
     first, second = (json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1))
     return first, second
 
@@ -43,11 +47,8 @@ def test_stages_under_torchrun_write_the_same_artifacts(tmp_path):
     """train-classifier and train-gan launched by torchrun with 2 processes: one set of outputs, loadable as
     dvc repro's, and dvc commit takes them into the pipeline."""
     project = tiny_project(tmp_path / "project")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     for stage in (["stages/train_classifier.py", "synthetic"], ["stages/train_gan.py"]):
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                 "2", *stage], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+        torchrun(stage, project)
     model, spec, _ = load_reader(project / "data/models/synthetic.safetensors")
     assert spec.length == 4 and model.head.out_features == 4 * len(spec.charset)
     refiner, _ = load_gan(project / "data/models/gan.safetensors")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SAMPLES, _merge, _run, tiny_project
+from conftest import SAMPLES, TOOLS_ENV, _merge, _run, tiny_project
 from test_fetch import fetch_http_server  # noqa: F401 (a fixture)
 
 KILLED_RUN = "killed_run"  # a column the killed run's checkpoint log gets, to tell a resumed run from a restart
@@ -87,8 +87,7 @@ def written_since(path: Path, start: float) -> Callable[[], bool]:
 
 def kill_when(project: Path, stage: str, ready: Callable[[], bool]) -> None:
     """Start ``dvc repro`` of ``stage`` and SIGKILL it, stage script and all, as soon as ``ready()``: a crash."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # as conftest._run
-    process = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=project, env=env, start_new_session=True,
+    process = subprocess.Popen(["dvc", "repro", "-s", stage], cwd=project, env=TOOLS_ENV, start_new_session=True,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not ready():
