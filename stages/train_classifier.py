@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from simcaptcha.config import Config, load_config
+from simcaptcha.config import load_config
 from simcaptcha.distributed import leave, rank_path
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
@@ -19,24 +19,7 @@ from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
 from simcaptcha.store import ImageSet, read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, train_reader
-
-
-def check_labels(labelled: ImageSet, params: Config) -> None:
-    """Every real label must be one a reader of render.charset and render.length can give; checked before any
-    training, since evaluate would otherwise count such a captcha as misread without a word."""
-    render, source = params.render, params.fetch.labelled
-    origin = source.labels_csv if source.labels == "csv" else "its file name"
-    for name, label in zip(labelled.names, labelled.labels):
-        outside = "".join(sorted(set(label) - set(render.charset)))
-        if outside:
-            problem = f"{outside!r} outside render.charset"
-        elif not render.length[0] <= len(label) <= render.length[1]:
-            problem = f"{len(label)} characters, outside render.length {render.length}"
-        else:
-            continue
-        raise SimcaptchaError(f"fetch.labelled: captcha {name!r} has the label {label!r} (from {origin}) with "
-                              f"{problem}")
+from simcaptcha.training import LabelCoder, check_labels, pick_device, train_reader
 
 
 def real_labelled(labelled: ImageSet, count: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:

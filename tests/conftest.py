@@ -25,6 +25,7 @@ TINY = {
             "discriminator_channels": 4},
     "refine": {"drop_flipped": False},  # an untrained reader flips everything
     "selftrain": {"rounds": 2, "epochs": 1},
+    "budget": {"sizes": [0, 4], "test_size": 20, "steps": 2, "batch_size": 8},
 }
 
 

@@ -217,6 +217,27 @@ class EvaluateConfig:
     batch_size: int = bounded(256, 1)
 
 
+# ---------------------------------------------------------------- label-budget
+@dataclass(frozen=True)
+class BudgetConfig:
+    """The label-budget study: what N real labels are worth alone, beside synthetic and beside refined images."""
+
+    sizes: list[int] = bounded([0, 10, 50, 100], 0, ordered=False)  # N: real labelled captchas per point
+    seeds: list[int] = bounded([0], 0, ordered=False)  # one point per seed: which N captchas, initial weights, order
+    test_size: int = bounded(140, 1)  # fixed held-out real captchas every point is judged on, never trained on
+    split_seed: int = bounded(0, 0)  # picks the test captchas
+    steps: int = bounded(200, 1)  # training steps per point, whatever N and the training data
+    batch_size: int = bounded(64, 2)
+    real_share: float = bounded(0.5, 0.0, 1.0)  # share of each batch that is real when training beside synthetic
+    learning_rate: float = bounded(2e-3, 0.0)
+
+    def __post_init__(self) -> None:
+        for key in ("sizes", "seeds"):  # each value names a DVC stage of the grid
+            values = getattr(self, key)
+            if not values or len(set(values)) != len(values):
+                raise SimcaptchaError(f"params: budget.{key} must list distinct numbers, got {values!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -230,6 +251,7 @@ class Config:
     gan: GanConfig = field(default_factory=GanConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     @property
     def training_augment(self) -> AugmentConfig | None:

@@ -15,9 +15,7 @@ same code, so whatever the measurement's biases (lines cutting glyphs, touching 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -31,6 +29,7 @@ from .fonts import font_from_id, font_id
 from .machine import process_map
 from .progress import progress
 from .rendering import FontStyle, Renderer
+from .store import read_json
 
 SHAPE_SIDE = 20  # components are compared as SHAPE_SIDE² images
 MAX_STROKE = 4  # outline widths tried per font
@@ -201,11 +200,4 @@ def fitted_styles(site: dict, count: int, spread: float) -> tuple[FontStyle, ...
 
 def load_site(path) -> dict:
     """The estimate stage's result, with a one-line error when it is missing or torn."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SimcaptchaError(f"{path}: no such file (run the estimate stage first)") from None
-    except json.JSONDecodeError as error:
-        raise SimcaptchaError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SimcaptchaError(f"{path}: cannot be read ({error.__class__.__name__})") from None
+    return read_json(path, "run the estimate stage first")

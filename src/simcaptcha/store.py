@@ -87,6 +87,18 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_json(path: str | os.PathLike, missing_hint: str) -> object:
+    """A JSON file another stage wrote, with a one-line error naming it when it is missing or torn."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SimcaptchaError(f"{path}: no such file ({missing_hint})") from None
+    except json.JSONDecodeError as error:
+        raise SimcaptchaError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SimcaptchaError(f"{path}: cannot be read ({error.__class__.__name__})") from None
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Like ``np.savez_compressed`` but byte-identical for identical arrays (fixed zip timestamps)."""
     with atomic_path(path) as tmp:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from . import distributed
 from .augment import augment_batch
-from .config import AugmentConfig, ClassifierConfig, GanConfig, SelfTrainConfig
+from .config import AugmentConfig, ClassifierConfig, Config, GanConfig, SelfTrainConfig
 from .errors import SimcaptchaError
 from .machine import available_cores, is_main_process, process_count, process_rank
 from .models import PatchDiscriminator, Reader, Refiner
 from .progress import progress
-from .store import atomic_path
+from .store import ImageSet, atomic_path
 
 
 def pick_device() -> torch.device:
@@ -145,6 +145,23 @@ def resume(checkpoint: Path, run: str, parts: dict, counter: str) -> tuple[list[
 
 
 # ---------------------------------------------------------------- reader
+def check_labels(labelled: ImageSet, params: Config) -> None:
+    """Every real label must be one a reader of render.charset and render.length can give; checked before any
+    training, since evaluate would otherwise count such a captcha as misread without a word."""
+    render, source = params.render, params.fetch.labelled
+    origin = source.labels_csv if source.labels == "csv" else "its file name"
+    for name, label in zip(labelled.names, labelled.labels):
+        outside = "".join(sorted(set(label) - set(render.charset)))
+        if outside:
+            problem = f"{outside!r} outside render.charset"
+        elif not render.length[0] <= len(label) <= render.length[1]:
+            problem = f"{len(label)} characters, outside render.length {render.length}"
+        else:
+            continue
+        raise SimcaptchaError(f"fetch.labelled: captcha {name!r} has the label {label!r} (from {origin}) with "
+                              f"{problem}")
+
+
 def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: list[str],
                  config: ClassifierConfig, augment: AugmentConfig | None, checkpoint: Path,
                  device: torch.device, synthetic_count: int | None = None,

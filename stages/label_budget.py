@@ -1,0 +1,76 @@
+"""DVC stage label-budget-MODE@N-SEED: one point of the label-budget study.
+
+MODE real: a reader trained from scratch on N real labelled captchas alone (none at N = 0: it reads nothing).
+MODE synthetic / refined: the pipeline's zero-label reader of that set, fine-tuned on N real captchas mixed
+into the set (budget.real_share of the images); at N = 0 it is that reader unchanged.
+Every point runs budget.steps steps and is judged on the fixed test split, which no point trains on.
+
+Usage: python stages/label_budget.py MODE N SEED
+"""
+
+import sys
+
+import torch
+
+from simcaptcha.budget import MODES, budget_rows, point_config, point_path, test_split, training_mix
+from simcaptcha.config import load_config
+from simcaptcha.errors import SimcaptchaError, run_main
+from simcaptcha.imaging import load_preprocessing
+from simcaptcha.mask import site_mask
+from simcaptcha.metrics import accuracy_figures
+from simcaptcha.modelfile import ReaderSpec, load_reader
+from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, LABEL_BUDGET, MODELS, PREPROCESSING, READER_DATA
+from simcaptcha.store import read_image_set, write_json
+from simcaptcha.training import LabelCoder, check_labels, pick_device, read_images, train_reader
+
+
+def main(mode: str, size: int, seed: int) -> None:
+    params = load_config()
+    config, render = params.budget, params.render
+    if mode not in MODES:
+        raise SimcaptchaError(f"unknown label-budget mode {mode!r}: expected one of {', '.join(MODES)}")
+    labelled = read_image_set(BINARIZED / "labelled")
+    check_labels(labelled, params)
+    test, candidates = test_split(len(labelled), config)
+    rows = budget_rows(candidates, size, seed, config)
+    real_labels = [labelled.labels[row] for row in rows]
+    device = pick_device()
+    if mode == "real":
+        _, polarity = load_preprocessing(PREPROCESSING)
+        spec = ReaderSpec(render.charset, render.length[1], params.classifier.head, tuple(params.classifier.channels),
+                          *labelled.images.shape[1:3], params.binarize, polarity)
+        torch.manual_seed(seed)  # the initial weights come from the point's seed
+        model, synthetic = spec.build(), None
+    else:
+        model, spec, _ = load_reader(MODELS / f"{mode}.safetensors")
+        synthetic = read_image_set(READER_DATA[mode])
+    coder = LabelCoder(spec.charset, spec.length, spec.head)
+    model.to(device)
+    if size:
+        images, labels, synthetic_count = training_mix(
+            labelled.images[rows], real_labels, None if synthetic is None else synthetic.images,
+            [] if synthetic is None else synthetic.labels, config, seed)
+        checkpoint = CHECKPOINTS / f"label-budget-{mode}-{size}-{seed}.pt"
+        train_reader(model, coder, images, labels, point_config(params.classifier, config, seed),
+                     params.training_augment, checkpoint, device, synthetic_count, site_mask(params))
+        checkpoint.unlink(missing_ok=True)
+    truth = [labelled.labels[row] for row in test]
+    if size or mode != "real":
+        figures = accuracy_figures(read_images(model, coder, labelled.images[test])[0], truth)
+    else:  # no label, no synthetic set: no reader at all
+        figures = accuracy_figures([""] * len(truth), truth)
+    write_json(point_path(LABEL_BUDGET, mode, size, seed),
+               {"mode": MODES[mode], "n": size, "seed": seed, "real_labels_used": size, "steps": config.steps,
+                "start": "none" if mode == "real" else f"{mode}.safetensors", **figures})
+    print(f"{MODES[mode]}, N = {size}, seed {seed}: {figures['char_accuracy']:.1%} per character, "
+          f"{figures['captcha_accuracy']:.1%} whole on {len(test)} test captchas")
+
+
+def arguments(argv: list[str]) -> tuple[str, int, int]:
+    if len(argv) != 3 or not argv[1].isdigit() or not argv[2].isdigit():
+        raise SimcaptchaError(f"usage: python stages/label_budget.py MODE N SEED (got {' '.join(argv) or 'nothing'})")
+    return argv[0], int(argv[1]), int(argv[2])
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(*arguments(sys.argv[1:])))
