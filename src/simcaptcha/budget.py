@@ -27,7 +27,7 @@ MODES = {"real": "real only", "synthetic": "real + synthetic", "refined": "real 
 REFINED_ONLY = "refined only"  # the refined reader with no real label: the real + refined point at N = 0
 
 
-def test_split(count: int, config: BudgetConfig) -> tuple[np.ndarray, np.ndarray]:
+def held_out_split(count: int, config: BudgetConfig) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the fixed test captchas (sorted) and the other rows, in the seeded order budgets draw from."""
     if config.test_size >= count:
         raise SimcaptchaError(f"params: budget.test_size = {config.test_size} leaves no labelled captcha to train "
@@ -84,7 +84,8 @@ def summarize(directory: Path, config: BudgetConfig) -> tuple[pd.DataFrame, dict
     for size in config.sizes:
         row = {"n": size}
         for mode, title in MODES.items():
-            results = [read_json(point_path(directory, mode, size, seed)) for seed in config.seeds]
+            results = [read_json(point_path(directory, mode, size, seed), "run its label-budget stage first")
+                       for seed in config.seeds]
             char = [result["char_accuracy"] for result in results]
             whole = [result["captcha_accuracy"] for result in results]
             row[f"char {title}"], row[f"whole {title}"] = round(float(np.mean(char)), 5), round(float(np.mean(whole)), 5)

@@ -1,0 +1,110 @@
+"""The label-budget study's library: the fixed test split, the budgets drawn beside it, the training mix, the table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simcaptcha.budget import MODES, budget_rows, draw_chart, held_out_split, point_path, summarize, training_mix
+from simcaptcha.config import BudgetConfig, parse_section
+from simcaptcha.errors import SimcaptchaError
+from simcaptcha.store import write_json
+
+CONFIG = BudgetConfig(sizes=[0, 10, 50], seeds=[0, 1], test_size=40, steps=5, batch_size=8, real_share=0.25)
+
+
+def test_split_is_fixed_disjoint_and_complete():
+    test, rest = held_out_split(100, CONFIG)
+    again, _ = held_out_split(100, CONFIG)
+    other, _ = held_out_split(100, BudgetConfig(test_size=40, split_seed=1))
+    assert np.array_equal(test, again) and not np.array_equal(test, other)
+    assert len(test) == 40 and list(test) == sorted(test)
+    assert sorted(np.concatenate([test, rest]).tolist()) == list(range(100))
+
+
+def test_split_needs_captchas_left_to_train_on():
+    with pytest.raises(SimcaptchaError, match=r"budget.test_size = 40 leaves no labelled captcha .*40 are labelled"):
+        held_out_split(40, CONFIG)
+
+
+def test_budgets_of_one_seed_are_nested_and_never_test_captchas():
+    test, rest = held_out_split(100, CONFIG)
+    small, large = budget_rows(rest, 10, 0, CONFIG), budget_rows(rest, 50, 0, CONFIG)
+    assert set(small) <= set(large) and len(set(large)) == 50 and not set(large) & set(test)
+    assert set(budget_rows(rest, 10, 1, CONFIG)) != set(small)
+    with pytest.raises(SimcaptchaError, match=r"budget.sizes has 61, but only 60 .* budget.test_size = 40"):
+        budget_rows(rest, 61, 0, CONFIG)
+
+
+def images(count: int, value: int) -> np.ndarray:
+    return np.full((count, 4, 6), value, dtype=np.uint8)
+
+
+def test_mix_holds_the_real_share_with_every_real_captcha_equally_often():
+    real, synthetic = np.arange(3, dtype=np.uint8)[:, None, None] * np.ones((3, 4, 6), np.uint8), images(100, 200)
+    mixed, labels, synthetic_count = training_mix(real, ["a", "b", "c"], synthetic, ["s"] * 100, CONFIG, seed=0)
+    assert len(mixed) == len(labels) == 40 and synthetic_count == 30  # 5 steps x 8, a quarter real
+    assert (mixed[:30] == 200).all() and labels[:30] == ["s"] * 30
+    counts = {label: labels.count(label) for label in "abc"}
+    assert sorted(counts.values()) == [3, 3, 4]
+    for image, label in zip(mixed[30:], labels[30:]):  # labels stay with their images
+        assert image[0, 0] == "abc".index(label)
+
+
+def test_mix_without_a_synthetic_set_is_all_real_and_without_real_all_synthetic():
+    mixed, labels, synthetic_count = training_mix(images(7, 1), list("abcdefg"), None, [], CONFIG, seed=0)
+    assert len(mixed) == 40 and synthetic_count == 0 and set(labels) == set("abcdefg")
+    mixed, labels, synthetic_count = training_mix(images(0, 1), [], images(10, 2), ["s"] * 10, CONFIG, seed=0)
+    assert synthetic_count == 40 and (mixed == 2).all()
+
+
+def test_budget_params_name_the_bad_key():
+    with pytest.raises(SimcaptchaError, match=r"budget.sizes must list distinct numbers"):
+        parse_section(BudgetConfig, {"sizes": [0, 10, 10]}, "budget")
+    with pytest.raises(SimcaptchaError, match=r"budget.seeds must list distinct numbers, got \[\]"):
+        parse_section(BudgetConfig, {"seeds": []}, "budget")
+    with pytest.raises(SimcaptchaError, match=r"budget.real_share"):
+        parse_section(BudgetConfig, {"real_share": 1.5}, "budget")
+
+
+def write_points(directory, accuracy: dict) -> None:
+    for (mode, size, seed), char in accuracy.items():
+        write_json(point_path(directory, mode, size, seed),
+                   {"char_accuracy": char, "captcha_accuracy": char / 2, "count": 40})
+
+
+def grid(real, synthetic, refined) -> dict:
+    """Point accuracies per mode as {size: (seed 0, seed 1)}."""
+    return {(mode, size, seed): value for mode, table in zip(MODES, (real, synthetic, refined))
+            for size, values in table.items() for seed, value in enumerate(values)}
+
+
+def test_summary_means_seeds_and_names_where_refined_is_below_real_only(tmp_path):
+    write_points(tmp_path, grid(real={0: (0.0, 0.0), 10: (0.2, 0.4), 50: (0.9, 0.9)},
+                                synthetic={0: (0.5, 0.5), 10: (0.6, 0.6), 50: (0.8, 0.8)},
+                                refined={0: (0.6, 0.6), 10: (0.7, 0.7), 50: (0.85, 0.85)}))
+    table, figures = summarize(tmp_path, CONFIG)
+    assert table["n"].tolist() == [0, 10, 50]
+    assert table["char real only"].tolist() == [0.0, 0.3, 0.9]
+    assert table["whole real + refined"].tolist() == [0.3, 0.35, 0.425]
+    assert table["char refined only"].tolist() == [0.6, 0.6, 0.6]
+    assert figures["points"]["real only"]["10"] == {"char_accuracy": 0.3, "char_accuracy_std": 0.1,
+                                                    "captcha_accuracy": 0.15, "captcha_accuracy_std": 0.05,
+                                                    "seeds": 2, "real_labels_used": 10}
+    assert figures["refined_below_real_only_at"] == [50]
+    draw_chart(table, figures, tmp_path / "chart.png")
+    first = (tmp_path / "chart.png").read_bytes()
+    draw_chart(table, figures, tmp_path / "chart.png")
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "chart.png").read_bytes() == first
+
+
+def test_summary_names_a_missing_point(tmp_path):
+    write_points(tmp_path, {("real", 0, 0): 0.0})
+    with pytest.raises(SimcaptchaError, match=r"real-0-1.json: no such file"):
+        summarize(tmp_path, CONFIG)
+
+
+def test_point_files_are_named_by_mode_size_and_seed(tmp_path):
+    path = point_path(tmp_path, "refined", 385, 2)
+    write_json(path, {"n": 385})
+    assert path.name == "refined-385-2.json" and json.loads(path.read_text()) == {"n": 385}
