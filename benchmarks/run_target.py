@@ -56,6 +56,9 @@ def main() -> None:
     for path in sorted((work / "metrics").glob("*.json")):
         if not path.name.startswith("bench-"):  # benchmarks are the workspace's, not this run's
             shutil.copy(path, out / path.name)
+    for name in ("label-budget.csv", "images/label-budget.png"):  # the label-budget table and chart
+        if (work / "metrics" / name).exists():
+            shutil.copy(work / "metrics" / name, out / Path(name).name)
     write_json(out / "run.json", {"target": args.target, "seconds": seconds,
                                   "models": str((work / "data" / "models").relative_to(ROOT))})
     print(f"{name}: whole pipeline in {seconds} s; figures in {out.relative_to(ROOT)}")
