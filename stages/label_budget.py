@@ -1,9 +1,10 @@
 """DVC stage label-budget-MODE@N-SEED: one point of the label-budget study.
 
 MODE real: a reader trained from scratch on N real labelled captchas alone (none at N = 0: it reads nothing).
-MODE synthetic / refined: the pipeline's zero-label reader of that set, fine-tuned on N real captchas mixed
-into the set (budget.real_share of the images); at N = 0 it is that reader unchanged.
-Every point runs budget.steps steps and is judged on the fixed test split, which no point trains on.
+MODE synthetic / refined: the pipeline's zero-label reader of that set, fine-tuned on the same N real captchas
+with images of the set added (budget.synthetic_share of the mix); at N = 0 it is that reader unchanged.
+Every point sees its real captchas for budget.steps batches and is judged on the fixed test split, which no
+point trains on.
 
 Usage: python stages/label_budget.py MODE N SEED
 """

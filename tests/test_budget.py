@@ -10,7 +10,7 @@ from simcaptcha.config import BudgetConfig, parse_section
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.store import write_json
 
-CONFIG = BudgetConfig(sizes=[0, 10, 50], seeds=[0, 1], test_size=40, steps=5, batch_size=8, real_share=0.25)
+CONFIG = BudgetConfig(sizes=[0, 10, 50], seeds=[0, 1], test_size=40, steps=5, batch_size=8, synthetic_share=0.2)
 
 
 def test_split_is_fixed_disjoint_and_complete():
@@ -40,22 +40,22 @@ def images(count: int, value: int) -> np.ndarray:
     return np.full((count, 4, 6), value, dtype=np.uint8)
 
 
-def test_mix_holds_the_real_share_with_every_real_captcha_equally_often():
+def test_mix_adds_synthetic_images_on_top_of_the_real_only_recipe():
     real, synthetic = np.arange(3, dtype=np.uint8)[:, None, None] * np.ones((3, 4, 6), np.uint8), images(100, 200)
     mixed, labels, synthetic_count = training_mix(real, ["a", "b", "c"], synthetic, ["s"] * 100, CONFIG, seed=0)
-    assert len(mixed) == len(labels) == 40 and synthetic_count == 30  # 5 steps x 8, a quarter real
-    assert (mixed[:30] == 200).all() and labels[:30] == ["s"] * 30
+    assert synthetic_count == 10 and len(mixed) == len(labels) == 50  # 5 steps x 8 real, a fifth synthetic
+    assert (mixed[:10] == 200).all() and labels[:10] == ["s"] * 10
     counts = {label: labels.count(label) for label in "abc"}
-    assert sorted(counts.values()) == [3, 3, 4]
-    for image, label in zip(mixed[30:], labels[30:]):  # labels stay with their images
+    assert sorted(counts.values()) == [13, 13, 14]  # every real captcha as often as the others
+    for image, label in zip(mixed[10:], labels[10:]):  # labels stay with their images
         assert image[0, 0] == "abc".index(label)
+    alone, alone_labels, _ = training_mix(real, ["a", "b", "c"], None, [], CONFIG, seed=0)
+    assert sorted(alone_labels) == sorted(labels[10:])  # the same real training as the real-only recipe
 
 
-def test_mix_without_a_synthetic_set_is_all_real_and_without_real_all_synthetic():
-    mixed, labels, synthetic_count = training_mix(images(7, 1), list("abcdefg"), None, [], CONFIG, seed=0)
-    assert len(mixed) == 40 and synthetic_count == 0 and set(labels) == set("abcdefg")
+def test_mix_without_real_captchas_trains_nothing():
     mixed, labels, synthetic_count = training_mix(images(0, 1), [], images(10, 2), ["s"] * 10, CONFIG, seed=0)
-    assert synthetic_count == 40 and (mixed == 2).all()
+    assert len(mixed) == synthetic_count == 0 and labels == []
 
 
 def test_budget_params_name_the_bad_key():
@@ -63,8 +63,8 @@ def test_budget_params_name_the_bad_key():
         parse_section(BudgetConfig, {"sizes": [0, 10, 10]}, "budget")
     with pytest.raises(SimcaptchaError, match=r"budget.seeds must list distinct numbers, got \[\]"):
         parse_section(BudgetConfig, {"seeds": []}, "budget")
-    with pytest.raises(SimcaptchaError, match=r"budget.real_share"):
-        parse_section(BudgetConfig, {"real_share": 1.5}, "budget")
+    with pytest.raises(SimcaptchaError, match=r"budget.synthetic_share"):
+        parse_section(BudgetConfig, {"synthetic_share": 1.0}, "budget")
 
 
 def write_points(directory, accuracy: dict) -> None:

@@ -2,8 +2,8 @@
 
 Every point of the grid (training data × N × seed) is judged on one fixed held-out split of the real labelled
 set that no point trains on. Points that train beside a synthetic set start from the pipeline's zero-label reader
-of that set and fine-tune on a mix of it and the N real captchas, so at N = 0 a point *is* that zero-label reader;
-real-only points train the same reader architecture from scratch for the same number of steps.
+of that set and fine-tune on the N real captchas with synthetic images added, so at N = 0 a point *is* that
+zero-label reader; real-only points train the same reader architecture from scratch on the same real images.
 """
 
 from __future__ import annotations
@@ -47,16 +47,18 @@ def budget_rows(candidates: np.ndarray, size: int, seed: int, config: BudgetConf
 
 def training_mix(real: np.ndarray, real_labels: list[str], synthetic: np.ndarray | None,
                  synthetic_labels: list[str], config: BudgetConfig, seed: int) -> tuple[np.ndarray, list[str], int]:
-    """budget.steps batches worth of images: the real ones repeated to budget.real_share of them (all of them
-    without a synthetic set; none without real ones), the rest drawn from the synthetic set. Returns the images
-    (synthetic first), their labels and the synthetic count."""
-    total = config.steps * config.batch_size
-    if synthetic is None:
-        real_count = total
-    else:
-        real_count = int(round(total * config.real_share)) if len(real) else 0
+    """The real-only recipe's images plus, beside a synthetic set, synthetic ones on top.
+
+    The real captchas are repeated to budget.steps batches, the same in every mode, so adding a synthetic set
+    never takes real training away; synthetic images drawn from the set are added until they are
+    budget.synthetic_share of the mix (none when there is no real captcha: N = 0 trains nothing). Returns the
+    images (synthetic first), their labels and the synthetic count.
+    """
+    real_count = config.steps * config.batch_size if len(real) else 0
+    synthetic_count = 0
+    if synthetic is not None and real_count:
+        synthetic_count = int(round(real_count * config.synthetic_share / (1 - config.synthetic_share)))
     rng = np.random.default_rng(seed)
-    synthetic_count = total - real_count
     synthetic_rows = np.empty(0, dtype=np.int64)
     if synthetic_count:
         synthetic_rows = rng.choice(len(synthetic), synthetic_count, replace=synthetic_count > len(synthetic))

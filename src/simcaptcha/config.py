@@ -226,9 +226,9 @@ class BudgetConfig:
     seeds: list[int] = bounded([0], 0, ordered=False)  # one point per seed: which N captchas, initial weights, order
     test_size: int = bounded(140, 1)  # fixed held-out real captchas every point is judged on, never trained on
     split_seed: int = bounded(0, 0)  # picks the test captchas
-    steps: int = bounded(200, 1)  # training steps per point, whatever N and the training data
+    steps: int = bounded(200, 1)  # batches of real captchas per point (N > 0), the same in every mode
     batch_size: int = bounded(64, 2)
-    real_share: float = bounded(0.5, 0.0, 1.0)  # share of each batch that is real when training beside synthetic
+    synthetic_share: float = bounded(0.5, 0.0, 0.9)  # synthetic images added beside the real ones: their share
     learning_rate: float = bounded(2e-3, 0.0)
 
     def __post_init__(self) -> None:
