@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import yaml
 
 from simcaptcha.store import read_encoded_set, read_image_set
 
-from conftest import SAMPLES, _run, tiny_project
+from conftest import SAMPLES, TOOLS_ENV, _run, tiny_project
 
 DOWNSTREAM_OF_RENDER = {"render-fonts", "augment", "train-classifier@synthetic", "train-classifier@glyphs",
                         "self-train", "train-gan", "refine", "train-classifier@refined", "evaluate",
@@ -93,3 +95,15 @@ def test_label_budget_new_size_runs_only_its_points(project):
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {"label-budget-real@8-0", "label-budget-synthetic@8-0", "label-budget-refined@8-0", "label-budget"}
     assert json.loads((project / "data/label-budget/real-8-0.json").read_text())["real_labels_used"] == 8
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["bogus", "4", "0"], "unknown label-budget mode 'bogus': expected one of real, synthetic, refined"),
+    (["refined", "41", "0"], "params: budget.sizes has 41, but only 40 labelled captchas are left beside "
+                             "budget.test_size = 20"),
+    (["refined", "four", "0"], "usage: python stages/label_budget.py MODE N SEED"),
+])
+def test_label_budget_point_refuses_bad_arguments(project, arguments, expected):
+    result = subprocess.run([sys.executable, "stages/label_budget.py", *arguments], cwd=project, env=TOOLS_ENV,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
