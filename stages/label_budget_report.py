@@ -1,7 +1,7 @@
 """DVC stage label-budget: the grid's points gathered into one table (metrics/label-budget.csv, drawn by dvc plots
 against N), their figures (metrics/label-budget.json) and a chart (metrics/images/label-budget.png)."""
 
-from simcaptcha.budget import draw_chart, summarize
+from simcaptcha.budget_report import draw_chart, summarize
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.pipeline import IMAGES, LABEL_BUDGET, METRICS, stage_metrics

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from simcaptcha.budget import MODES, budget_rows, draw_chart, held_out_split, point_path, summarize, training_mix
+from simcaptcha.budget import MODES, budget_rows, held_out_split, point_path, training_mix
+from simcaptcha.budget_report import draw_chart, summarize
 from simcaptcha.config import BudgetConfig, parse_section
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.store import write_json

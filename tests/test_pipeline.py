@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simcaptcha.budget import held_out_split
+from simcaptcha.config import BudgetConfig, parse_section
+from simcaptcha.metrics import accuracy_figures
+from simcaptcha.modelfile import load_reader
 from simcaptcha.store import read_encoded_set, read_image_set
+from simcaptcha.training import LabelCoder, read_images
 
 from conftest import SAMPLES, TOOLS_ENV, _run, tiny_project
 
@@ -85,6 +90,17 @@ def test_label_budget_grid(project):
     assert len(table) == 3 and (project / "metrics/images/label-budget.png").stat().st_size > 0
     point = json.loads((project / "data/label-budget/refined-0-0.json").read_text())
     assert point["start"] == "refined.safetensors" and point["count"] == 20
+    # At N = 0 the point is the zero-label run's refined reader itself, read on the fixed test split.
+    labelled = read_image_set(project / "data/binarized/labelled")
+    test, _ = held_out_split(len(labelled), parse_section(BudgetConfig, budget_params(project), "budget"))
+    model, spec, _ = load_reader(project / "data/models/refined.safetensors")
+    texts, _ = read_images(model, LabelCoder(spec.charset, spec.length, spec.head), labelled.images[test])
+    expected = accuracy_figures(texts, [labelled.labels[row] for row in test])
+    assert {key: point[key] for key in expected} == expected
+
+
+def budget_params(project: Path) -> dict:
+    return yaml.safe_load((project / "params.yaml").read_text())["budget"]
 
 
 def test_label_budget_new_size_runs_only_its_points(project):
