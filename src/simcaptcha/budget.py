@@ -16,7 +16,6 @@ import numpy as np
 from .config import BudgetConfig, ClassifierConfig
 from .errors import SimcaptchaError
 
-START_READERS = ("synthetic", "refined")  # the zero-label readers a mixed point starts from
 MODES = {"real": "real only", "synthetic": "real + synthetic", "refined": "real + refined"}
 
 
