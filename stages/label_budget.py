@@ -25,9 +25,10 @@ from simcaptcha.store import read_image_set, write_json
 from simcaptcha.training import LabelCoder, check_labels, pick_device, read_images, train_reader
 
 
-def main(mode: str, size: int, seed: int) -> None:
-    params = load_config()
+def main(argv: list[str]) -> None:
+    params = load_config()  # params first: a typo is reported before anything else
     config, render = params.budget, params.render
+    mode, size, seed = arguments(argv)
     if mode not in MODES:
         raise SimcaptchaError(f"unknown label-budget mode {mode!r}: expected one of {', '.join(MODES)}")
     labelled = read_image_set(BINARIZED / "labelled")
@@ -74,4 +75,4 @@ def arguments(argv: list[str]) -> tuple[str, int, int]:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(*arguments(sys.argv[1:])))
+    run_main(lambda: main(sys.argv[1:]))

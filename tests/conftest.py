@@ -58,6 +58,7 @@ def tiny_project(root: Path) -> Path:
             if (REPO / name).is_file():
                 (template / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / name, template / name)
+        (template / "dvc.lock").unlink(missing_ok=True)  # the repository's lock is for other params and stages
         params = _merge(yaml.safe_load((template / "params.yaml").read_text()), TINY)
         (template / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         _run(["git", "init", "-q"], template)
