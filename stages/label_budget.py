@@ -42,13 +42,13 @@ def main(argv: list[str]) -> None:
         spec = ReaderSpec(render.charset, render.length[1], params.classifier.head, tuple(params.classifier.channels),
                           *labelled.images.shape[1:3], params.binarize, polarity)
         torch.manual_seed(seed)  # the initial weights come from the point's seed
-        model, synthetic = spec.build(), None
+        model = spec.build()
     else:
         model, spec, _ = load_reader(MODELS / f"{mode}.safetensors")
-        synthetic = read_image_set(READER_DATA[mode])
     coder = LabelCoder(spec.charset, spec.length, spec.head)
     model.to(device)
-    if size:
+    if size:  # at N = 0 nothing trains, so the synthetic set is not read
+        synthetic = None if mode == "real" else read_image_set(READER_DATA[mode])
         images, labels, synthetic_count = training_mix(
             labelled.images[rows], real_labels, None if synthetic is None else synthetic.images,
             [] if synthetic is None else synthetic.labels, config, seed)
