@@ -2,7 +2,8 @@
 
 MODE real: a reader trained from scratch on N real labelled captchas alone (none at N = 0: it reads nothing).
 MODE synthetic / refined: the pipeline's zero-label reader of that set, fine-tuned on the same N real captchas
-with images of the set added (budget.synthetic_share of the mix); at N = 0 it is that reader unchanged.
+with images of the set added (budget.synthetic_share of the mix, halved at N = budget.synthetic_halving); at
+N = 0 it is that reader unchanged.
 Every point sees its real captchas for budget.steps batches and is judged on the fixed test split, which no
 point trains on.
 
@@ -13,7 +14,8 @@ import sys
 
 import torch
 
-from simcaptcha.budget import MODES, budget_rows, held_out_split, point_config, point_path, training_mix
+from simcaptcha.budget import (MODES, budget_rows, held_out_split, point_config, point_path, synthetic_share,
+                               training_mix)
 from simcaptcha.config import load_config
 from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
@@ -63,7 +65,9 @@ def main(argv: list[str]) -> None:
         figures = accuracy_figures([""] * len(truth), truth)
     write_json(point_path(LABEL_BUDGET, mode, size, seed),
                {"mode": MODES[mode], "n": size, "seed": seed, "real_labels_used": size, "steps": config.steps,
-                "start": "none" if mode == "real" else f"{mode}.safetensors", **figures})
+                "start": "none" if mode == "real" else f"{mode}.safetensors",
+                "synthetic_share": 0.0 if mode == "real" or not size else round(synthetic_share(size, config), 5),
+                **figures})
     print(f"{MODES[mode]}, N = {size}, seed {seed}: {figures['char_accuracy']:.1%} per character, "
           f"{figures['captcha_accuracy']:.1%} whole on {len(test)} test captchas")
 

@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from simcaptcha.budget import MODES, budget_rows, held_out_split, point_path, training_mix
+from simcaptcha.budget import MODES, budget_rows, held_out_split, point_path, synthetic_share, training_mix
 from simcaptcha.budget_report import draw_chart, summarize
 from simcaptcha.config import BudgetConfig, parse_section
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.store import write_json
 
-CONFIG = BudgetConfig(sizes=[0, 10, 50], seeds=[0, 1], test_size=40, steps=5, batch_size=8, synthetic_share=0.2)
+CONFIG = BudgetConfig(sizes=[0, 10, 50], seeds=[0, 1], test_size=40, steps=5, batch_size=8, synthetic_share=0.2,
+                      synthetic_halving=10_000)
 
 
 def test_split_is_fixed_disjoint_and_complete():
@@ -45,6 +46,7 @@ def test_mix_adds_synthetic_images_on_top_of_the_real_only_recipe():
     real, synthetic = np.arange(3, dtype=np.uint8)[:, None, None] * np.ones((3, 4, 6), np.uint8), images(100, 200)
     mixed, labels, synthetic_count = training_mix(real, ["a", "b", "c"], synthetic, ["s"] * 100, CONFIG, seed=0)
     assert synthetic_count == 10 and len(mixed) == len(labels) == 50  # 5 steps x 8 real, a fifth synthetic
+    assert synthetic_share(3, CONFIG) == pytest.approx(0.2 * 10_000 / 10_003)  # barely shrunk beside 3 captchas
     assert (mixed[:10] == 200).all() and labels[:10] == ["s"] * 10
     counts = {label: labels.count(label) for label in "abc"}
     assert sorted(counts.values()) == [13, 13, 14]  # every real captcha as often as the others
@@ -52,6 +54,18 @@ def test_mix_adds_synthetic_images_on_top_of_the_real_only_recipe():
         assert image[0, 0] == "abc".index(label)
     alone, alone_labels, _ = training_mix(real, ["a", "b", "c"], None, [], CONFIG, seed=0)
     assert sorted(alone_labels) == sorted(labels[10:])  # the same real training as the real-only recipe
+
+
+def test_synthetic_share_halves_at_the_halving_size():
+    config = BudgetConfig(synthetic_share=0.5, synthetic_halving=100)
+    assert synthetic_share(0, config) == 0.5 and synthetic_share(100, config) == 0.25
+    assert synthetic_share(300, config) == pytest.approx(0.125)
+    real = images(300, 1)
+    _, _, few = training_mix(real[:10], ["a"] * 10, images(50, 2), ["s"] * 50, config, seed=0)
+    _, _, many = training_mix(real, ["a"] * 300, images(50, 2), ["s"] * 50, config, seed=0)
+    assert few == round(200 * 64 * (0.5 / 1.1) / (1 - 0.5 / 1.1)) and many == round(200 * 64 / 7)
+    with pytest.raises(SimcaptchaError, match=r"budget.synthetic_halving"):
+        parse_section(BudgetConfig, {"synthetic_halving": 0}, "budget")
 
 
 def test_mix_without_real_captchas_trains_nothing():

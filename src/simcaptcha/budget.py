@@ -43,13 +43,14 @@ def training_mix(real: np.ndarray, real_labels: list[str], synthetic: np.ndarray
 
     The real captchas are repeated to budget.steps batches, the same in every mode, so adding a synthetic set
     never takes real training away; synthetic images drawn from the set are added until they are
-    budget.synthetic_share of the mix (none when there is no real captcha: N = 0 trains nothing). Returns the
+    ``synthetic_share(N)`` of the mix (none when there is no real captcha: N = 0 trains nothing). Returns the
     images (synthetic first), their labels and the synthetic count.
     """
     real_count = config.steps * config.batch_size if len(real) else 0
     synthetic_count = 0
     if synthetic is not None and real_count:
-        synthetic_count = int(round(real_count * config.synthetic_share / (1 - config.synthetic_share)))
+        share = synthetic_share(len(real), config)
+        synthetic_count = int(round(real_count * share / (1 - share)))
     rng = np.random.default_rng(seed)
     synthetic_rows = np.empty(0, dtype=np.int64)
     if synthetic_count:
@@ -59,6 +60,14 @@ def training_mix(real: np.ndarray, real_labels: list[str], synthetic: np.ndarray
     images = np.concatenate(parts + [real[real_rows]])
     labels = [synthetic_labels[row] for row in synthetic_rows] + [real_labels[row] for row in real_rows]
     return images, labels, synthetic_count
+
+
+def synthetic_share(size: int, config: BudgetConfig) -> float:
+    """The synthetic share of a mix beside ``size`` real captchas: budget.synthetic_share, halved at N =
+    budget.synthetic_halving. A few real captchas seen a thousand times need the synthetic set to keep the reader
+    general; thousands of them carry the site better than any synthetic image (one share for all N was either too
+    little beside 10 HackMIT captchas or too much beside 1,000 digits)."""
+    return config.synthetic_share * config.synthetic_halving / (config.synthetic_halving + size)
 
 
 def point_config(reader: ClassifierConfig, config: BudgetConfig, seed: int) -> ClassifierConfig:

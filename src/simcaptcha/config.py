@@ -228,7 +228,8 @@ class BudgetConfig:
     split_seed: int = bounded(0, 0)  # picks the test captchas
     steps: int = bounded(200, 1)  # batches of real captchas per point (N > 0), the same in every mode
     batch_size: int = bounded(64, 2)
-    synthetic_share: float = bounded(0.1, 0.0, 0.9)  # synthetic images added beside the real ones: their share
+    synthetic_share: float = bounded(0.5, 0.0, 0.9)  # share of synthetic images in the mix beside few real ones
+    synthetic_halving: int = bounded(100, 1)  # N at which that share has halved: more labels, less synthetic
     learning_rate: float = bounded(2e-3, 0.0)
 
     def __post_init__(self) -> None:
