@@ -51,8 +51,7 @@ def main() -> None:
     if code != 0:
         sys.exit(code)
     out = ROOT / "metrics" / "targets" / name
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # files of other benchmarks on this target (ddddocr, ablation) stay
     for path in sorted((work / "metrics").glob("*.json")):
         if not path.name.startswith("bench-"):  # benchmarks are the workspace's, not this run's
             shutil.copy(path, out / path.name)
