@@ -139,7 +139,7 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
     training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
     calls = spy_on_rounds(monkeypatch, pool)
-    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05)
+    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_classes=False)
     classifier = reader_config(seed=5)
     _, log = run(data, tmp_path, config, model=model, classifier=classifier)
     assert len(calls) == 3
@@ -199,6 +199,68 @@ def test_self_train_on_the_gpu_with_a_reader_loaded_on_the_cpu(data, tmp_path):
     log = self_train(model, LabelCoder("ab", 2, "positions"), synthetic, labels, pool, selftrain_config(rounds=1),
                      reader_config(), None, tmp_path, torch.device("cuda"))
     assert len(log) == 1
+
+
+# ---------------------------------------------------------------- class balance
+def test_balancing_offsets_even_out_the_readings_of_a_biased_reader():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(600, 4, 5, generator=generator)
+    logits[..., 0] += 1.5  # class 0 read far too often, class 4 too rarely
+    logits[..., 4] -= 1.5
+    before = torch.bincount(logits.argmax(-1).flatten(), minlength=5)
+    offsets = training.balancing_offsets(logits, blank=False)
+    after = torch.bincount((logits + offsets).argmax(-1).flatten(), minlength=5)
+    assert before.max() > 3 * before.min()  # the precondition of this test
+    assert after.max() < 1.2 * after.min()
+    assert offsets[0] < 0 < offsets[4]
+    shares = (logits + offsets).softmax(-1).mean((0, 1))
+    torch.testing.assert_close(shares, torch.full((5,), 0.2), atol=1e-3, rtol=0)
+
+
+def test_balancing_offsets_leave_the_ctc_blank_alone():
+    logits = torch.randn(200, 12, 4, generator=torch.Generator().manual_seed(1))
+    logits[..., 0] += 3.0  # mostly blank columns, as a CTC reader reads
+    logits[..., 1] += 1.0
+    offsets = training.balancing_offsets(logits, blank=True)
+    assert offsets[0] == 0.0
+    characters = (logits + offsets).softmax(-1)[..., 1:].sum((0, 1))
+    torch.testing.assert_close(characters / characters.sum(), torch.full((3,), 1 / 3), atol=1e-3, rtol=0)
+
+
+def test_balanced_rounds_train_on_the_balanced_readings(data, tmp_path, monkeypatch):
+    synthetic, labels, pool = data
+    model = make_reader()
+    with torch.no_grad():  # a start reader that reads "a" far more often than "b"
+        model.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    seen: list[list[str]] = []
+    real_train = training.train_reader
+
+    def train(model, coder, images, labels_, *args, **kwargs):
+        logits = training.read_logits(model, pool)
+        seen.append(coder.decode(logits + training.balancing_offsets(logits, blank=False))[0])
+        assert labels_[SYNTHETIC:] == seen[-1]  # keep 1.0: every balanced reading, in pool order
+        return real_train(model, coder, images, labels_, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_reader", train)
+    run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model)
+    counts = {char: sum(text.count(char) for text in seen[0]) for char in "ab"}
+    assert abs(counts["a"] - counts["b"]) <= 0.2 * 2 * POOL, counts
+
+
+def test_the_saved_reader_reads_the_pool_balanced(data, tmp_path):
+    synthetic, labels, pool = data
+    model = make_reader()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    run(data, tmp_path, selftrain_config(rounds=1, learning_rate=0.0), model=model)
+    shares = training.read_logits(model, pool).softmax(-1).mean((0, 1))
+    torch.testing.assert_close(shares, torch.full((2,), 0.5), atol=1e-3, rtol=0)
+    unbalanced = make_reader()
+    with torch.no_grad():
+        unbalanced.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    run(data, tmp_path / "off", selftrain_config(rounds=1, learning_rate=0.0, balance_classes=False),
+        model=unbalanced)
+    assert training.read_logits(unbalanced, pool).softmax(-1).mean((0, 1))[0] > 0.7
 
 
 # ---------------------------------------------------------------- weights

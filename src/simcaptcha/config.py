@@ -175,6 +175,7 @@ class SelfTrainConfig:
     epochs: int = bounded(2, 1)  # per round, continuing from the previous round's weights
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
+    balance_classes: bool = True  # the site draws characters uniformly: even out how often each is read
 
 
 # ---------------------------------------------------------------- train-gan
