@@ -1,7 +1,9 @@
 """Run the whole pipeline on a target in a scratch clone and keep its figures here, under metrics/targets/NAME/.
 
 Usage (from the repository root, ../shared beside it for the bundled targets):
-    python benchmarks/run_target.py targets/hackmit2017.yaml [--name hackmit2017]
+    python benchmarks/run_target.py targets/hackmit2017.yaml [STAGE ...] [--name hackmit2017]
+STAGE: run only up to these stages (e.g. evaluate: the zero-label figures without the label-budget grid);
+only the figures that run wrote are kept.
 The clone (a git clone of HEAD with ../shared linked beside it) stays in .cache/targets/NAME, so its models
 can be used afterwards: simcaptcha predict --model .cache/targets/NAME/data/models/refined.safetensors ...
 The workspace's own params, lock file and metrics are not touched.
@@ -20,10 +22,12 @@ from simcaptcha.store import write_json
 ROOT = Path.cwd()
 
 
-def target_arguments(description: str) -> tuple[argparse.Namespace, str]:
-    """``TARGET [--name NAME]``; the name defaults to the target file's stem."""
+def target_arguments(description: str, stages: bool = False) -> tuple[argparse.Namespace, str]:
+    """``TARGET [STAGE ...] [--name NAME]``; the name defaults to the target file's stem."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("target")
+    if stages:
+        parser.add_argument("stages", nargs="*", help="run only up to these stages (default: all)")
     parser.add_argument("--name")
     args = parser.parse_args()
     return args, args.name or Path(args.target).stem
@@ -35,7 +39,7 @@ def clone_env(work: Path) -> dict:
 
 
 def main() -> None:
-    args, name = target_arguments(__doc__.splitlines()[0])
+    args, name = target_arguments(__doc__.splitlines()[0], stages=True)
     clone = ROOT / ".cache" / "targets" / name
     shutil.rmtree(clone.parent / name, ignore_errors=True)
     clone.parent.mkdir(parents=True, exist_ok=True)
@@ -44,21 +48,25 @@ def main() -> None:
     if shared.exists():
         (clone / "shared").symlink_to(shared.resolve())
     work = clone / "main"
+    began = time.time()
     start = time.perf_counter()
-    code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), "--name", name], cwd=work,
-                           env=clone_env(work))
+    code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), *args.stages,
+                            "--name", name], cwd=work, env=clone_env(work))
     seconds = round(time.perf_counter() - start, 1)
     if code != 0:
         sys.exit(code)
     out = ROOT / "metrics" / "targets" / name
     out.mkdir(parents=True, exist_ok=True)  # files of other benchmarks on this target (ddddocr, ablation) stay
+    def written(path: Path) -> bool:  # by this run: the clone also holds the default target's committed figures
+        return path.exists() and path.stat().st_mtime >= began
+
     for path in sorted((work / "metrics").glob("*.json")):
-        if not path.name.startswith("bench-"):  # benchmarks are the workspace's, not this run's
+        if not path.name.startswith("bench-") and written(path):  # benchmarks are the workspace's
             shutil.copy(path, out / path.name)
     for name in ("label-budget.csv", "images/label-budget.png"):  # the label-budget table and chart
-        if (work / "metrics" / name).exists():
+        if written(work / "metrics" / name):
             shutil.copy(work / "metrics" / name, out / Path(name).name)
-    write_json(out / "run.json", {"target": args.target, "seconds": seconds,
+    write_json(out / "run.json", {"target": args.target, "stages": args.stages or "all", "seconds": seconds,
                                   "models": str((work / "data" / "models").relative_to(ROOT))})
     print(f"{name}: whole pipeline in {seconds} s; figures in {out.relative_to(ROOT)}")
     print((out / "evaluate.json").read_text())

@@ -170,9 +170,9 @@ class ClassifierConfig:
 @dataclass(frozen=True)
 class SelfTrainConfig:
     start: Literal["synthetic", "refined"] = "synthetic"  # the reader that labels the pool first, and its data
-    rounds: int = bounded(4, 0)  # label the pool, keep the confident share, train on it with the synthetic set
-    keep: list[float] = bounded([0.3, 0.9], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
-    epochs: int = bounded(2, 1)  # per round, continuing from the previous round's weights
+    rounds: int = bounded(8, 0)  # label the pool, keep the confident share, train on it with the synthetic set
+    keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
+    epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
     balance_classes: bool = True  # the site draws characters uniformly: even out how often each is read
