@@ -57,18 +57,19 @@ def main() -> None:
         sys.exit(code)
     out = ROOT / "metrics" / "targets" / name
     out.mkdir(parents=True, exist_ok=True)  # files of other benchmarks on this target (ddddocr, ablation) stay
+
     def written(path: Path) -> bool:  # by this run: the clone also holds the default target's committed figures
         return path.exists() and path.stat().st_mtime >= began
 
     for path in sorted((work / "metrics").glob("*.json")):
         if not path.name.startswith("bench-") and written(path):  # benchmarks are the workspace's
             shutil.copy(path, out / path.name)
-    for name in ("label-budget.csv", "images/label-budget.png"):  # the label-budget table and chart
-        if written(work / "metrics" / name):
-            shutil.copy(work / "metrics" / name, out / Path(name).name)
+    for figure in ("label-budget.csv", "images/label-budget.png"):  # the label-budget table and chart
+        if written(work / "metrics" / figure):
+            shutil.copy(work / "metrics" / figure, out / Path(figure).name)
     write_json(out / "run.json", {"target": args.target, "stages": args.stages or "all", "seconds": seconds,
                                   "models": str((work / "data" / "models").relative_to(ROOT))})
-    print(f"{name}: whole pipeline in {seconds} s; figures in {out.relative_to(ROOT)}")
+    print(f"{name}: {' '.join(args.stages) or 'whole pipeline'} in {seconds} s; figures in {out.relative_to(ROOT)}")
     print((out / "evaluate.json").read_text())
 
 

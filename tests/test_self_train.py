@@ -51,6 +51,14 @@ def make_reader(head: str = "positions", seed: int = 0) -> Reader:
     return spec.build()
 
 
+def biased_reader() -> Reader:
+    """A start reader that reads "a" far more often than "b" at both positions."""
+    model = make_reader()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    return model
+
+
 def reader_config(**changes) -> ClassifierConfig:
     settings = dict(epochs=1, batch_size=16, channels=list(CHANNELS))
     settings.update(changes)
@@ -228,10 +236,8 @@ def test_balancing_offsets_leave_the_ctc_blank_alone():
 
 
 def test_balanced_rounds_train_on_the_balanced_readings(data, tmp_path, monkeypatch):
-    synthetic, labels, pool = data
-    model = make_reader()
-    with torch.no_grad():  # a start reader that reads "a" far more often than "b"
-        model.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    pool = data[2]
+    model = biased_reader()
     seen: list[list[str]] = []
     real_train = training.train_reader
 
@@ -248,16 +254,12 @@ def test_balanced_rounds_train_on_the_balanced_readings(data, tmp_path, monkeypa
 
 
 def test_the_saved_reader_reads_the_pool_balanced(data, tmp_path):
-    synthetic, labels, pool = data
-    model = make_reader()
-    with torch.no_grad():
-        model.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    pool = data[2]
+    model = biased_reader()
     run(data, tmp_path, selftrain_config(rounds=1, learning_rate=0.0), model=model)
     shares = training.read_logits(model, pool).softmax(-1).mean((0, 1))
     torch.testing.assert_close(shares, torch.full((2,), 0.5), atol=1e-3, rtol=0)
-    unbalanced = make_reader()
-    with torch.no_grad():
-        unbalanced.head.bias.copy_(torch.tensor([2.0, 0.0, 2.0, 0.0]))
+    unbalanced = biased_reader()
     run(data, tmp_path / "off", selftrain_config(rounds=1, learning_rate=0.0, balance_classes=False),
         model=unbalanced)
     assert training.read_logits(unbalanced, pool).softmax(-1).mean((0, 1))[0] > 0.7
