@@ -7,7 +7,7 @@ import pandas as pd
 
 from simcaptcha.config import RenderConfig, load_config
 from simcaptcha.errors import run_main
-from simcaptcha.estimate import fitted_styles, load_site
+from simcaptcha.estimate import fitted_styles, load_site, placement_spans
 from simcaptcha.fonts import font_id
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import site_mask
@@ -16,10 +16,10 @@ from simcaptcha.rendering import FontStyle, Renderer, candidate_fonts, render_se
 from simcaptcha.store import write_image_set
 
 
-def font_styles(config: RenderConfig) -> tuple[FontStyle, ...]:
+def font_styles(config: RenderConfig, site: dict) -> tuple[FontStyle, ...]:
     """The closest fonts as the estimate stage fitted them, or every font of render.fonts at the given sizes."""
     if config.closest_fonts:
-        return fitted_styles(load_site(ESTIMATE), config.closest_fonts, config.size_spread)
+        return fitted_styles(site, config.closest_fonts, config.size_spread)
     return uniform_styles(candidate_fonts(config), config)
 
 
@@ -27,10 +27,11 @@ def main() -> None:
     params = load_config()
     config = params.render
     height, width = params.binarize.size
-    styles = font_styles(config)
+    site = load_site(ESTIMATE)
+    styles = font_styles(config, site)
     mask = site_mask(params)
     mask = np.zeros((height, width), dtype=bool) if mask is None else mask
-    renderer = Renderer(config, height, width, styles, mask)
+    renderer = Renderer(config, height, width, styles, mask, placement_spans(site, config))
     with stage_metrics("render-fonts") as figures:
         figures["fonts"] = [f"{font_id(style.path)} {style.size[0]}-{style.size[1]}px +{style.stroke[0]}"
                             for style in styles]

@@ -17,7 +17,7 @@ import pytest
 from simcaptcha.config import EstimateConfig, RenderConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.estimate import (TextComponents, estimate_length, estimate_site, fit_font, fitted_styles,
-                                 load_site, shape_similarity, text_components)
+                                 load_site, placement_spans, shape_similarity, text_components)
 from simcaptcha.fonts import FONTDATA_DIR, font_id
 from simcaptcha.rendering import FontStyle, Renderer, render_set
 from simcaptcha.store import write_json
@@ -288,7 +288,12 @@ def test_estimate_site_ranks_the_pools_font_first(site):
 
 
 def test_estimate_site_result_fields(site, site_pool):
-    assert set(site) == {"measured_captchas", "text_height", "stroke_width", "length", "length_range", "fonts"}
+    assert set(site) == {"measured_captchas", "text_height", "stroke_width", "length", "length_range",
+                         "text_columns", "text_spans", "fonts"}
+    assert len(site["text_spans"]) == 60
+    assert all(0 <= first < last < site_pool.shape[2] for first, last in site["text_spans"])
+    (first_low, first, first_high), (last_low, last, last_high) = site["text_columns"]
+    assert first_low <= first <= first_high < last_low <= last <= last_high
     assert site["measured_captchas"] == 60  # sample, of 80
     assert site["length"] == 3 and site["length_range"][0] <= 3 <= site["length_range"][1]
     assert 10 < site["text_height"] < 25
@@ -299,6 +304,20 @@ def test_estimate_site_result_fields(site, site_pool):
     # and render-fonts can draw from it
     style = fitted_styles(site, 1, 0.0)[0]
     assert style == FontStyle(BOLD, (site["fonts"][0]["size"],) * 2, (site["fonts"][0]["stroke"],) * 2)
+
+
+def test_text_spans_are_the_first_and_last_text_columns():
+    images = np.zeros((2, 30, 80), np.uint8)
+    images[0, 5:25, 10:16] = images[0, 5:25, 40:47] = 255
+    images[1, 5:25, 30:70] = 255
+    images[1, 2, 2:5] = 255  # a speck below min_area is not text
+    np.testing.assert_array_equal(text_components(images, np.zeros((30, 80), bool), 30).spans, [[10, 46], [30, 69]])
+
+
+def test_placement_spans_follow_render_placement(site):
+    spans = placement_spans(site, render_config())
+    assert spans.shape == (len(site["text_spans"]), 2)
+    assert placement_spans(site, render_config(placement="spacing")) is None
 
 
 def test_estimate_site_is_deterministic(site, site_pool):
@@ -325,7 +344,8 @@ def test_estimate_site_equal_similarities_keep_the_input_order(site_pool):
 # ---------------------------------------------------------------- estimate_length
 def components_per_image(counts) -> TextComponents:
     counts = np.asarray(counts)
-    return TextComponents(np.zeros((max(int(counts.sum()), 1), 400), np.float32), np.ones(len(counts)), 2.0, counts)
+    return TextComponents(np.zeros((max(int(counts.sum()), 1), 400), np.float32), np.ones(len(counts)), 2.0, counts,
+                          np.zeros((len(counts), 2), np.int64))
 
 
 def test_estimate_length_median_and_middle_80_percent():

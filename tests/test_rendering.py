@@ -20,13 +20,19 @@ FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
 CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def make_renderer(height: int = 50, width: int = 100, mask: np.ndarray | None = None, **overrides) -> Renderer:
+def make_renderer(height: int = 50, width: int = 100, mask: np.ndarray | None = None,
+                  spans: np.ndarray | None = None, **overrides) -> Renderer:
     settings = dict(font_size=[24, 32], spacing=[0, 12], y_offset=[-10, 10], use_mask=True, seed=0)
     settings.update(overrides)
     config = RenderConfig(**settings)
     if mask is None:
         mask = np.zeros((height, width), dtype=bool)
-    return Renderer(config, height, width, uniform_styles([FONT], config), mask)
+    return Renderer(config, height, width, uniform_styles([FONT], config), mask, spans)
+
+
+def text_columns(image: np.ndarray) -> tuple[int, int]:
+    columns = np.flatnonzero(image.any(axis=0))
+    return int(columns[0]), int(columns[-1])
 
 
 def line_mask(height: int, width: int, row: int = 5) -> np.ndarray:
@@ -62,6 +68,63 @@ def test_render_set_labels_follow_charset_and_length():
     assert all(len(label) == 2 and set(label) <= set("xyz7") for label in labels)
     assert set("".join(labels)) == set("xyz7")
     assert set(np.unique(images).tolist()) >= {0, 255}
+
+
+def test_text_spans_the_columns_of_a_pool_captcha():
+    spans = np.array([[20, 120], [30, 150]])
+    renderer = make_renderer(width=200, spans=spans, length=[5, 5], gap_jitter=0, rotation=[0.0, 0.0],
+                             use_mask=False)
+    images, _ = render_set(renderer, "captcha", 40, workers=1)
+    for image in images:
+        first, last = text_columns(image)
+        span = spans[np.argmin(np.abs(spans[:, 0] - first))]
+        assert abs(first - span[0]) <= 2  # glyph bitmaps have a column or two of side bearing
+        assert abs(last - span[1]) <= 3
+
+
+def test_a_narrow_pool_span_packs_the_text_so_characters_overlap():
+    renderer = make_renderer(width=200, spans=np.array([[19, 80]]), length=[5, 5], gap_jitter=0,
+                             rotation=[0.0, 0.0], font_size=[30, 30], use_mask=False)
+    packed, _ = render_set(renderer, "captcha", 20, workers=1)
+    spaced, _ = render_set(make_renderer(width=200, length=[5, 5], rotation=[0.0, 0.0], font_size=[30, 30],
+                                         use_mask=False), "captcha", 20, workers=1)
+    assert all(text_columns(image)[1] - text_columns(image)[0] <= 64 for image in packed)
+    assert np.mean([np.subtract(*text_columns(image)[::-1]) for image in spaced]) > 90
+
+
+def test_pool_spans_scale_with_the_length_of_each_captcha():
+    renderer = make_renderer(width=300, spans=np.array([[10, 129]]), length=[2, 6], gap_jitter=0,
+                             rotation=[0.0, 0.0], use_mask=False)
+    images, labels = render_set(renderer, "captcha", 60, workers=1)
+    widths = {len(label): np.subtract(*text_columns(image)[::-1]) for image, label in zip(images, labels)}
+    assert abs(widths[2] - 60) <= 4 and abs(widths[6] - 180) <= 4  # 120 px for the mean length of 4
+
+
+def test_characters_share_a_baseline():
+    renderer = make_renderer(charset="bp", length=[2, 2], rotation=[0.0, 0.0], y_offset=[0, 0], spacing=[10, 10],
+                             use_mask=False)
+    rng = np.random.default_rng(0)
+    mixed = 0
+    for _ in range(20):
+        image, label = renderer.captcha(rng)
+        if label not in ("bp", "pb"):
+            continue
+        mixed += 1
+        middle = sum(text_columns(image)) // 2  # in the 10-pixel gap
+        halves = {label[0]: image[:, :middle], label[1]: image[:, middle:]}
+        rows = {char: np.flatnonzero(half.any(axis=1)) for char, half in halves.items()}
+        assert rows["b"][0] < rows["p"][0] - 3  # the ascender rises above the x-height
+        assert rows["p"][-1] > rows["b"][-1] + 3  # the descender drops below the baseline
+    assert mixed > 5
+
+
+def test_random_lines_add_strokes_across_the_text():
+    plain, lined = make_renderer(use_mask=False), make_renderer(use_mask=False, lines=[2, 2], line_width=[2, 2])
+    for seed in range(20):  # the same draws up to the lines, which come last
+        without, _ = plain.captcha(np.random.default_rng(seed))
+        with_lines, _ = lined.captcha(np.random.default_rng(seed))
+        assert np.all(with_lines >= without)  # the text is drawn the same, the lines on top
+        assert (with_lines > 127).sum() - (without > 127).sum() > 50
 
 
 def test_longer_labels_use_more_width():
@@ -166,10 +229,12 @@ def test_empty_render_set_with_several_workers():
 
 # ---------------------------------------------------------------- layout
 def test_no_character_is_cut_at_the_left_or_right_border():
-    renderer = make_renderer(height=50, width=160, spacing=[0, 4], use_mask=False)
-    images, _ = render_set(renderer, "captcha", 200, workers=1)
-    at_edge = (images[:, :, 0] > 0).any(axis=1) | (images[:, :, -1] > 0).any(axis=1)
-    assert at_edge.mean() < 0.05
+    renderer = make_renderer(height=50, width=120, spacing=[0, 4], font_size=[28, 28], stroke_width=[0, 0],
+                             rotation=[0.0, 0.0], y_offset=[0, 0], length=[3, 5], use_mask=False)
+    images, labels = render_set(renderer, "captcha", 100, workers=1)
+    for image, label in zip(images, labels):  # gaps >= 0: no overlap, so the ink is the sum of the glyphs' ink
+        glyphs = sum(int(rendering.rotated_glyph(str(FONT), 28, 0, char, 0.0).astype(np.int64).sum()) for char in label)
+        assert int(image.astype(np.int64).sum()) == glyphs, label
 
 
 def test_large_vertical_offsets_are_clamped_so_no_ink_is_lost():
@@ -189,7 +254,7 @@ def test_text_wider_than_the_canvas_is_centred():
                              y_offset=[0, 0], length=[1, 1], charset="mw", use_mask=False)
     images, labels = render_set(renderer, "captcha", 6, workers=1)
     for image, label in zip(images, labels):
-        glyph = np.asarray(rendering.glyph_bitmap(str(FONT), 30, 0, label))
+        glyph = rendering.rotated_glyph(str(FONT), 30, 0, label, 0.0)
         assert glyph.shape[1] > 10
         cut = (glyph.shape[1] - 10 + 1) // 2  # columns lost on the left: left = (10 - width) // 2
         top = (40 - glyph.shape[0]) // 2

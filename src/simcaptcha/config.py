@@ -95,6 +95,11 @@ class RenderConfig:
     rotation: list[float] = bounded([-30.0, 30.0], -180, 180)  # degrees per character
     spacing: list[int] = bounded([-2, 8], -64, 256)  # pixels between neighbouring characters (negative overlaps)
     y_offset: list[int] = bounded([-8, 8], -256, 256)  # pixels per character from the vertical centre
+    placement: Literal["pool", "spacing"] = "pool"  # pool: text spans the columns the pool's text spans (estimate
+    #                                                 stage), gaps even ± gap_jitter; spacing: gaps from spacing
+    gap_jitter: int = bounded(2, 0, 64)  # pixels each gap may differ from the even share (placement pool)
+    lines: list[int] = bounded([0, 0], 0, 16)  # random straight strokes across the text per captcha, min, max
+    line_width: list[int] = bounded([1, 2], 1, 16)  # pixels
     text_intensity: list[int] = bounded([255, 255], 0, 255)
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random

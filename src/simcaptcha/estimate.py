@@ -43,6 +43,7 @@ class TextComponents:
     heights: np.ndarray  # N pixels
     stroke_width: float  # mean stroke width over all images, pixels
     per_image: np.ndarray  # components per image
+    spans: np.ndarray  # K×2 first and last column of the text of each image that has any
 
 
 def _shape_vector(component: np.ndarray) -> np.ndarray:
@@ -64,7 +65,7 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
     """
     outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
     square = np.ones((2 * opening + 1, 2 * opening + 1), bool)
-    shapes, heights, strokes, per_image = [], [], [], []
+    shapes, heights, strokes, per_image, spans = [], [], [], [], []
     for image in images:
         ink = (image > 127) & outside
         labels = label(ndimage.binary_opening(ink, square) if opening else ink)
@@ -73,6 +74,8 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
         skeleton = skeletonize(ink)
         if skeleton.any():
             strokes.append(float((2 * ndimage.distance_transform_edt(ink)[skeleton]).mean()))
+            columns = np.flatnonzero(ink.any(axis=0))
+            spans.append((int(columns[0]), int(columns[-1])))
         for component in text:
             heights.append(component.image.shape[0])
             shapes.append(_shape_vector(component.image))
@@ -82,7 +85,8 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
     matrix = np.stack(shapes)
     matrix -= matrix.mean(axis=1, keepdims=True)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-9
-    return TextComponents(matrix, np.asarray(heights), float(np.mean(strokes)), np.asarray(per_image))
+    return TextComponents(matrix, np.asarray(heights), float(np.mean(strokes)), np.asarray(per_image),
+                          np.asarray(spans).reshape(-1, 2))
 
 
 def shape_similarity(pool: TextComponents, rendered: TextComponents) -> float:
@@ -104,11 +108,11 @@ class FontFit:
 
 
 def _probe(render: RenderConfig, config: EstimateConfig, height: int, width: int, mask: np.ndarray,
-           font: str, size: int, stroke: int) -> TextComponents:
+           spans: np.ndarray | None, font: str, size: int, stroke: int) -> TextComponents:
     """Components of ``config.probe`` captchas drawn with one font at one size; the same seed for every font."""
     style = FontStyle(font, (size, size), (stroke, stroke))
     probe_config = dataclasses.replace(render, salt=0.0, use_mask=True)  # the pool's images carry the mask
-    renderer = Renderer(probe_config, height, width, (style,), mask)
+    renderer = Renderer(probe_config, height, width, (style,), mask, spans)
     rng = np.random.default_rng([config.seed, 2])
     images = np.stack([renderer.captcha(rng)[0] for _ in range(config.probe)])
     return text_components(images, mask, config.min_area, config.opening)
@@ -118,18 +122,19 @@ def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: Esti
              width: int, mask: np.ndarray) -> FontFit:
     """Scale the font to the pool's text height, pick its outline by stroke width, and score its shapes."""
     target = float(np.median(pool.heights))
+    spans = pool.spans if render.placement == "pool" else None
 
     def scaled(size: int, stroke: int, rounds: int) -> int:
         """The height is nearly proportional to the em size: a few rescalings converge."""
         for _ in range(rounds):
-            measured = float(np.median(_probe(render, config, height, width, mask, font, size, stroke).heights))
+            measured = float(np.median(_probe(render, config, height, width, mask, spans, font, size, stroke).heights))
             size = int(np.clip(round(size * target / max(measured, 1.0)), 4, 4 * height))
         return size
 
     size = scaled(int(round(np.mean(render.font_size))), 0, 3)
     best = None
     for stroke in range(MAX_STROKE + 1):
-        components = _probe(render, config, height, width, mask, font, size, stroke)
+        components = _probe(render, config, height, width, mask, spans, font, size, stroke)
         gap = abs(components.stroke_width - pool.stroke_width)
         if best is None or gap < best[0]:
             best = (gap, stroke)
@@ -137,7 +142,7 @@ def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: Esti
             break
     stroke = best[1]
     size = scaled(size, stroke, 2) if stroke else size  # an outline adds height: fit the size again with it
-    components = _probe(render, config, height, width, mask, font, size, stroke)
+    components = _probe(render, config, height, width, mask, spans, font, size, stroke)
     return FontFit(font, size, stroke, round(shape_similarity(pool, components), 5),
                    float(np.median(components.heights)), round(components.stroke_width, 3))
 
@@ -184,6 +189,8 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
         "stroke_width": round(pool.stroke_width, 3),
         "length": length,
         "length_range": length_range,
+        "text_columns": np.percentile(pool.spans, [10, 50, 90], axis=0).round().astype(int).T.tolist(),
+        "text_spans": pool.spans.tolist(),
         "fonts": [{**dataclasses.asdict(fit), "font": font_id(fit.font)} for fit in fits],
     }
 
@@ -196,6 +203,11 @@ def fitted_styles(site: dict, count: int, spread: float) -> tuple[FontStyle, ...
         styles.append(FontStyle(str(font_from_id(fit["font"])), (max(low, 4), max(high, 4)),
                                 (fit["stroke"], fit["stroke"])))
     return tuple(styles)
+
+
+def placement_spans(site: dict, render: RenderConfig) -> np.ndarray | None:
+    """The pool's text spans a Renderer places text by (render.placement pool), or None (render.spacing)."""
+    return np.asarray(site["text_spans"]).reshape(-1, 2) if render.placement == "pool" else None
 
 
 def load_site(path) -> dict:

@@ -43,12 +43,22 @@ def glyph_bitmap(path: str, size: int, stroke: int, char: str) -> Image.Image:
     return image
 
 
+@lru_cache(maxsize=200_000)
+def glyph_centre(path: str, size: int, stroke: int, char: str) -> float:
+    """Vertical centre of the character's ink below the line's top (pixels): where it sits on the baseline."""
+    _, top, _, bottom = load_font(path, size).getbbox(char, stroke_width=stroke)
+    return (top + bottom) / 2
+
+
 def rotated_glyph(path: str, size: int, stroke: int, char: str, angle: float) -> np.ndarray:
-    """Glyph rotated about its centre (counter-clockwise degrees), canvas expanded to fit."""
+    """Glyph rotated about its centre (counter-clockwise degrees), canvas expanded to fit, then cut to its ink
+    columns, so that gaps and spans are measured ink to ink as on real captchas (rows stay centred)."""
     bitmap = glyph_bitmap(path, size, stroke, char)
     if abs(angle) > 0.5:
         bitmap = bitmap.rotate(angle, resample=Image.BILINEAR, expand=True)
-    return np.asarray(bitmap)
+    array = np.asarray(bitmap)
+    columns = np.flatnonzero(array.any(axis=0))
+    return array[:, columns[0]:columns[-1] + 1] if len(columns) else array
 
 
 def _uniform_int(rng: np.random.Generator, bounds: list[int] | tuple[int, int]) -> int:
@@ -99,29 +109,62 @@ class Renderer:
     width: int
     fonts: tuple[FontStyle, ...]
     mask: np.ndarray  # bool H×W, the site's fixed noise
+    spans: np.ndarray | None = None  # K×2 first and last text columns of pool captchas; None: render.spacing
+
+    def _gaps(self, rng: np.random.Generator, text: str, widths: list[int], width: int,
+              spacing: list[int]) -> tuple[int, list[int]]:
+        """Left edge and gaps of the text: spread over a pool captcha's text columns, or drawn from ``spacing``.
+
+        A span measured on the pool is scaled by the length against the typical render.length, and its room
+        shared evenly between the gaps (± render.gap_jitter), so packed or overlapping text comes out packed.
+        """
+        if self.spans is not None and len(text) > 1:
+            first, last = self.spans[int(rng.integers(len(self.spans)))]
+            room = (last - first + 1) * len(text) / np.mean(self.config.length) - sum(widths)
+            share = room / (len(text) - 1)
+            jitter = (-self.config.gap_jitter, self.config.gap_jitter)
+            gaps = [int(round(share * (index + 1))) - int(round(share * index)) + _uniform_int(rng, jitter)
+                    for index in range(len(text) - 1)]
+            total = sum(widths) + sum(gaps)
+            return (int(min(first, width - total)) if total < width else (width - total) // 2), gaps
+        gaps = _fit_gaps([_uniform_int(rng, spacing) for _ in text[1:]], spacing[0], width - sum(widths))
+        total = sum(widths) + sum(gaps)
+        return (int(rng.integers(0, width - total + 1)) if total < width else (width - total) // 2), gaps
 
     def _draw_text(self, rng: np.random.Generator, text: str, width: int, spacing: list[int]) -> np.ndarray:
-        """Ink of ``text`` (0..255, H×width) in one font, each character rotated and offset on its own."""
+        """Ink of ``text`` (0..255, H×width) in one font on a common baseline, each character rotated and
+        offset on its own, then render.lines random strokes across it."""
         config = self.config
         style = self.fonts[int(rng.integers(len(self.fonts)))]
         size = _uniform_int(rng, style.size)
         stroke = _uniform_int(rng, style.stroke)
         intensity = _uniform_int(rng, config.text_intensity)
         glyphs = [rotated_glyph(style.path, size, stroke, char, float(rng.uniform(*config.rotation))) for char in text]
-        gaps = _fit_gaps([_uniform_int(rng, spacing) for _ in text[1:]], spacing[0],
-                         width - sum(glyph.shape[1] for glyph in glyphs))
-        total = sum(glyph.shape[1] for glyph in glyphs) + sum(gaps)
-        left = int(rng.integers(0, width - total + 1)) if total < width else (width - total) // 2
+        left, gaps = self._gaps(rng, text, [glyph.shape[1] for glyph in glyphs], width, spacing)
+        centres = [glyph_centre(style.path, size, stroke, char) for char in text]
+        middle = (min(centres) + max(centres)) / 2
         ink = np.zeros((self.height, width), dtype=np.uint8)
         for index, glyph in enumerate(glyphs):
-            top = (self.height - glyph.shape[0]) // 2 + _uniform_int(rng, config.y_offset)
+            top = (self.height - glyph.shape[0]) // 2 + int(round(centres[index] - middle)) \
+                + _uniform_int(rng, config.y_offset)
             if glyph.shape[0] <= self.height:
                 top = min(max(top, 0), self.height - glyph.shape[0])
             _paste_max(ink, glyph, top, left)
             left += glyph.shape[1] + (gaps[index] if index < len(gaps) else 0)
+        for _ in range(_uniform_int(rng, config.lines) if config.lines[1] else 0):
+            self._draw_line(rng, ink)
         if intensity != 255:
             ink = (ink.astype(np.uint16) * intensity // 255).astype(np.uint8)
         return ink
+
+    def _draw_line(self, rng: np.random.Generator, ink: np.ndarray) -> None:
+        """A straight stroke from the left half to the right half at random heights (a site's random line)."""
+        height, width = ink.shape
+        ends = [(float(rng.uniform(0, width / 2)), float(rng.uniform(0, height))),
+                (float(rng.uniform(width / 2, width)), float(rng.uniform(0, height)))]
+        canvas = Image.fromarray(ink)
+        ImageDraw.Draw(canvas).line(ends, fill=255, width=_uniform_int(rng, self.config.line_width))
+        ink[...] = np.asarray(canvas)
 
     def _finish(self, rng: np.random.Generator, ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Background, site mask and salt noise around the ink."""

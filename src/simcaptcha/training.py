@@ -8,8 +8,8 @@ inputs, so a long run is never lost; checkpoints are loaded with ``weights_only=
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -265,7 +265,9 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     Each round reads the unlabelled pool with the current model, keeps its most confident share (growing from
     keep[0] to keep[1]) with the model's readings as labels, and trains on those beside the synthetic set
     (augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
-    labels anchored; the held-out synthetic share is still the only validation. A killed run resumes: every
+    labels anchored; the held-out synthetic share is still the only validation. With
+    ``config.balance_classes`` each round's readings are first evened out across the characters
+    (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights.
     """
     model.to(device, memory_format=torch.channels_last)
