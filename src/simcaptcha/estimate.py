@@ -108,11 +108,15 @@ class FontFit:
 
 
 def _probe(render: RenderConfig, config: EstimateConfig, height: int, width: int, mask: np.ndarray,
-           spans: np.ndarray | None, font: str, size: int, stroke: int) -> TextComponents:
-    """Components of ``config.probe`` captchas drawn with one font at one size; the same seed for every font."""
+           font: str, size: int, stroke: int) -> TextComponents:
+    """Components of ``config.probe`` captchas drawn with one font at one size; the same seed for every font.
+
+    Characters are placed by render.spacing, not packed into the pool's spans: packed glyphs merge and the mask
+    cuts them into fragments, whose heights no longer grow with the em size (sizes then run away).
+    """
     style = FontStyle(font, (size, size), (stroke, stroke))
     probe_config = dataclasses.replace(render, salt=0.0, use_mask=True)  # the pool's images carry the mask
-    renderer = Renderer(probe_config, height, width, (style,), mask, spans)
+    renderer = Renderer(probe_config, height, width, (style,), mask)
     rng = np.random.default_rng([config.seed, 2])
     images = np.stack([renderer.captcha(rng)[0] for _ in range(config.probe)])
     return text_components(images, mask, config.min_area, config.opening)
@@ -122,19 +126,18 @@ def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: Esti
              width: int, mask: np.ndarray) -> FontFit:
     """Scale the font to the pool's text height, pick its outline by stroke width, and score its shapes."""
     target = float(np.median(pool.heights))
-    spans = pool.spans if render.placement == "pool" else None
 
     def scaled(size: int, stroke: int, rounds: int) -> int:
         """The height is nearly proportional to the em size: a few rescalings converge."""
         for _ in range(rounds):
-            measured = float(np.median(_probe(render, config, height, width, mask, spans, font, size, stroke).heights))
+            measured = float(np.median(_probe(render, config, height, width, mask, font, size, stroke).heights))
             size = int(np.clip(round(size * target / max(measured, 1.0)), 4, 4 * height))
         return size
 
     size = scaled(int(round(np.mean(render.font_size))), 0, 3)
     best = None
     for stroke in range(MAX_STROKE + 1):
-        components = _probe(render, config, height, width, mask, spans, font, size, stroke)
+        components = _probe(render, config, height, width, mask, font, size, stroke)
         gap = abs(components.stroke_width - pool.stroke_width)
         if best is None or gap < best[0]:
             best = (gap, stroke)
@@ -142,7 +145,7 @@ def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: Esti
             break
     stroke = best[1]
     size = scaled(size, stroke, 2) if stroke else size  # an outline adds height: fit the size again with it
-    components = _probe(render, config, height, width, mask, spans, font, size, stroke)
+    components = _probe(render, config, height, width, mask, font, size, stroke)
     return FontFit(font, size, stroke, round(shape_similarity(pool, components), 5),
                    float(np.median(components.heights)), round(components.stroke_width, 3))
 
