@@ -51,14 +51,11 @@ def glyph_centre(path: str, size: int, stroke: int, char: str) -> float:
 
 
 def rotated_glyph(path: str, size: int, stroke: int, char: str, angle: float) -> np.ndarray:
-    """Glyph rotated about its centre (counter-clockwise degrees), canvas expanded to fit, then cut to its ink
-    columns, so that gaps and spans are measured ink to ink as on real captchas (rows stay centred)."""
+    """Glyph rotated about its centre (counter-clockwise degrees), canvas expanded to fit."""
     bitmap = glyph_bitmap(path, size, stroke, char)
     if abs(angle) > 0.5:
         bitmap = bitmap.rotate(angle, resample=Image.BILINEAR, expand=True)
-    array = np.asarray(bitmap)
-    columns = np.flatnonzero(array.any(axis=0))
-    return array[:, columns[0]:columns[-1] + 1] if len(columns) else array
+    return np.asarray(bitmap)
 
 
 def _uniform_int(rng: np.random.Generator, bounds: list[int] | tuple[int, int]) -> int:
