@@ -115,6 +115,7 @@ class Renderer:
         A span measured on the pool is scaled by the length against the typical render.length, and its room
         shared evenly between the gaps (± render.gap_jitter), so packed or overlapping text comes out packed.
         """
+        first = None  # placed by spacing: the left edge is drawn at random
         if self.spans is not None and len(text) > 1:
             first, last = self.spans[int(rng.integers(len(self.spans)))]
             room = (last - first + 1) * len(text) / np.mean(self.config.length) - sum(widths)
@@ -122,11 +123,12 @@ class Renderer:
             jitter = (-self.config.gap_jitter, self.config.gap_jitter)
             gaps = [int(round(share * (index + 1))) - int(round(share * index)) + _uniform_int(rng, jitter)
                     for index in range(len(text) - 1)]
-            total = sum(widths) + sum(gaps)
-            return (int(min(first, width - total)) if total < width else (width - total) // 2), gaps
-        gaps = _fit_gaps([_uniform_int(rng, spacing) for _ in text[1:]], spacing[0], width - sum(widths))
+        else:
+            gaps = _fit_gaps([_uniform_int(rng, spacing) for _ in text[1:]], spacing[0], width - sum(widths))
         total = sum(widths) + sum(gaps)
-        return (int(rng.integers(0, width - total + 1)) if total < width else (width - total) // 2), gaps
+        if total >= width:
+            return (width - total) // 2, gaps  # too wide: centred, cut evenly at both sides
+        return (int(rng.integers(0, width - total + 1)) if first is None else int(min(first, width - total))), gaps
 
     def _draw_text(self, rng: np.random.Generator, text: str, width: int, spacing: list[int]) -> np.ndarray:
         """Ink of ``text`` (0..255, H×width) in one font on a common baseline, each character rotated and
