@@ -8,6 +8,8 @@ from pathlib import Path
 import captcha
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+from skimage.measure import label as label_components
 
 from simcaptcha import rendering
 from simcaptcha.config import RenderConfig
@@ -125,6 +127,27 @@ def test_random_lines_add_strokes_across_the_text():
         with_lines, _ = lined.captcha(np.random.default_rng(seed))
         assert np.all(with_lines >= without)  # the text is drawn the same, the lines on top
         assert (with_lines > 127).sum() - (without > 127).sum() > 50
+
+
+def _distance_from_fitted_line(ink: np.ndarray) -> float:
+    """Largest distance of an ink pixel from the straight line that fits them all best (total least squares)."""
+    points = np.argwhere(ink > 127).astype(float)
+    points -= points.mean(axis=0)
+    normal = np.linalg.svd(points, full_matrices=False)[2][-1]
+    return float(np.abs(points @ normal).max())
+
+
+def test_line_bends_leave_the_straight_path():
+    def drawn(bends, seed):
+        ink = np.zeros((50, 100), dtype=np.uint8)
+        make_renderer(lines=[1, 1], line_width=[1, 1], line_bends=bends)._draw_line(np.random.default_rng(seed), ink)
+        return ink
+
+    straight = [_distance_from_fitted_line(drawn([0, 0], seed)) for seed in range(20)]
+    bent = [_distance_from_fitted_line(drawn([2, 2], seed)) for seed in range(20)]
+    assert max(straight) < 1.5
+    assert np.median(bent) > 4
+    assert all(drawn([0, 2], seed).any() for seed in range(20))
 
 
 def test_longer_labels_use_more_width():
@@ -332,3 +355,20 @@ def test_load_font_error_names_the_font(tmp_path):
     broken.write_bytes(b"not a font")
     with pytest.raises(SimcaptchaError, match=r"broken\.ttf: cannot be loaded"):
         rendering.load_font(str(broken), 20)
+
+
+@pytest.mark.parametrize("font", ["Liberation-Sans/LiberationSans-Bold.ttf", "Lato/Lato-Bold.ttf",
+                                  "Open-Sans/OpenSans-ExtraBold.ttf", "Roboto/Roboto-Regular.ttf"])
+def test_outlined_glyphs_keep_their_parts_apart(font):
+    """An outline that joined the dot of an i to its stem would draw an l under the label i."""
+    path = str(FONTDATA_DIR / font)
+    for stroke in (1, 2):
+        for char in "ij":
+            assert label_components(np.asarray(rendering.glyph_bitmap(path, 26, stroke, char)) > 127,
+                                    connectivity=2).max() == 2
+        lone = np.asarray(rendering.glyph_bitmap(path, 26, stroke, "l"))  # one part: the outline as PIL draws it
+        pil_font = rendering.load_font(path, 26)
+        left, top, _, _ = pil_font.getbbox("l", stroke_width=stroke)
+        drawn = Image.new("L", lone.shape[::-1], 0)
+        ImageDraw.Draw(drawn).text((-left, -top), "l", fill=255, font=pil_font, stroke_width=stroke, stroke_fill=255)
+        np.testing.assert_array_equal(lone, np.asarray(drawn))

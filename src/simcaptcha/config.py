@@ -98,8 +98,9 @@ class RenderConfig:
     placement: Literal["pool", "spacing"] = "pool"  # pool: text spans the columns the pool's text spans (estimate
     #                                                 stage), gaps even ± gap_jitter; spacing: gaps from spacing
     gap_jitter: int = bounded(2, 0, 64)  # pixels each gap may differ from the even share (placement pool)
-    lines: list[int] = bounded([0, 0], 0, 16)  # random straight strokes across the text per captcha, min, max
+    lines: list[int] = bounded([0, 0], 0, 16)  # random strokes across the text per captcha, min, max
     line_width: list[int] = bounded([1, 2], 1, 16)  # pixels
+    line_bends: list[int] = bounded([0, 0], 0, 8)  # corners per random line, min, max (0: straight)
     text_intensity: list[int] = bounded([255, 255], 0, 255)
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random

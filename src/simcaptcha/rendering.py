@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from .progress import progress
+from skimage.measure import label as label_parts
+from skimage.segmentation import expand_labels
 
 from .config import RenderConfig
 from .errors import SimcaptchaError
 from .fonts import resolve_fonts
 from .machine import process_map
+from .progress import progress
 
 CHUNK = 500  # captchas per seeded work unit
 
@@ -35,12 +37,41 @@ def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
 
 @lru_cache(maxsize=200_000)
 def glyph_bitmap(path: str, size: int, stroke: int, char: str) -> Image.Image:
-    """The character's tight 'L' bitmap (255 = ink), drawn once and reused."""
+    """The character's tight 'L' bitmap (255 = ink), drawn once and reused.
+
+    An outline (``stroke``) thickens every part of the glyph, but parts the font draws apart stay apart: where
+    the thickened dot of an i or j would join its stem, one pixel is left clear, as a site drawing a bold
+    face keeps it (without that the outlined i is an l, and a reader cannot learn to tell them apart).
+    """
     font = load_font(path, size)
     left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
     image = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
     ImageDraw.Draw(image).text((-left, -top), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    if stroke:
+        plain = Image.new("L", image.size, 0)
+        ImageDraw.Draw(plain).text((-left, -top), char, fill=255, font=font)
+        ink = np.asarray(image).copy()
+        ink[_joins(np.asarray(plain) > 127, ink > 127, stroke)] = 0
+        image = Image.fromarray(ink)
     return image
+
+
+def _joins(parts: np.ndarray, thick: np.ndarray, stroke: int) -> np.ndarray:
+    """Pixels of the outlined ink ``thick`` where the outline of one part of ``parts`` (the glyph without its
+    outline) meets another's: each ink pixel belongs to its nearest part, and a pixel touching (by side or corner)
+    a part numbered lower is cleared, which leaves a one-pixel seam between them."""
+    labels = label_parts(parts, connectivity=2)
+    if labels.max() < 2:
+        return np.zeros_like(thick)
+    nearest = np.where(thick, expand_labels(labels, distance=stroke + 2), 0)
+    padded = np.pad(nearest, 1)
+    height, width = thick.shape
+    joins = np.zeros_like(thick)
+    for row in range(3):  # the eight neighbours, so the parts do not touch even at a corner
+        for col in range(3):
+            neighbour = padded[row:row + height, col:col + width]
+            joins |= (neighbour > 0) & (neighbour < nearest)
+    return joins
 
 
 @lru_cache(maxsize=200_000)
@@ -157,12 +188,16 @@ class Renderer:
         return ink
 
     def _draw_line(self, rng: np.random.Generator, ink: np.ndarray) -> None:
-        """A straight stroke from the left half to the right half at random heights (a site's random line)."""
+        """A stroke from the left half to the right half at random heights (a site's random line), through
+        render.line_bends corners at random points taken left to right: a corner left of the start makes a hook."""
         height, width = ink.shape
-        ends = [(float(rng.uniform(0, width / 2)), float(rng.uniform(0, height))),
-                (float(rng.uniform(width / 2, width)), float(rng.uniform(0, height)))]
+        start = (float(rng.uniform(0, width / 2)), float(rng.uniform(0, height)))
+        end = (float(rng.uniform(width / 2, width)), float(rng.uniform(0, height)))
+        bends = _uniform_int(rng, self.config.line_bends) if self.config.line_bends[1] else 0
+        corners = sorted((float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(bends))
         canvas = Image.fromarray(ink)
-        ImageDraw.Draw(canvas).line(ends, fill=255, width=_uniform_int(rng, self.config.line_width))
+        ImageDraw.Draw(canvas).line([start, *corners, end], fill=255, width=_uniform_int(rng, self.config.line_width),
+                                    joint="curve")
         ink[...] = np.asarray(canvas)
 
     def _finish(self, rng: np.random.Generator, ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
