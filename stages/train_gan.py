@@ -3,6 +3,8 @@
 Runs as one process (dvc repro) or as several under torchrun: torchrun --nproc_per_node N stages/train_gan.py
 """
 
+import sys
+
 import numpy as np
 import pandas as pd
 import torch
@@ -44,7 +46,13 @@ def main() -> None:
             save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
             write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
             save_samples(refiner, real, synthetic.images, device)
-        last = [row for row in log[-50:] if "d_accuracy_real" in row]
+        collapsed = [row for row in log if row["phase"] == "collapsed"]
+        if collapsed:
+            print(f"warning: train-gan: the refiner collapsed at step {collapsed[0]['step']} (it changed pixels by "
+                  f"{collapsed[0]['refiner_regularization']:.2f} on average, above gan.collapse_change); it is the "
+                  f"refiner of step {collapsed[0]['restored_step']}", file=sys.stderr)
+        figures["collapsed_at_step"] = collapsed[0]["step"] if collapsed else None
+        last = [row for row in log[-50:] if "d_accuracy_real" in row and row["phase"] != "collapsed"]
         for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
             values = [row[key] for row in last if key in row]
             if values:

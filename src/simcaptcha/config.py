@@ -204,6 +204,8 @@ class GanConfig:
     history_size: int = bounded(2560, 0)  # refined images kept for the discriminator (half of each fake batch)
     holdout: int = bounded(500, 0)  # real pool images kept out of training, to judge the discriminator in refine
     checkpoint_every: int = bounded(100, 1)
+    collapse_change: float = bounded(0.25, 0.0, 1.0)  # a refiner step changing pixels by more on average has
+    #                                                   collapsed: stop, keep the last checkpoint's (0: never stop)
     seed: int = bounded(0, 0)
 
 

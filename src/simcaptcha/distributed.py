@@ -66,3 +66,13 @@ def check_same_counter(counter: int, what: str) -> None:
     if len({int(value) for value in counters}) > 1:
         raise SimcaptchaError(f"the ranks' checkpoints stopped at different {what}s "
                               f"({[int(value) for value in counters]}); delete .cache/checkpoints and run again")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any, so all processes leave a training loop together."""
+    if process_count() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    value = torch.tensor(int(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value)

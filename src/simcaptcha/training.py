@@ -362,6 +362,10 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
                   + consistency * CE(reader(R(x)), label of x), the reader frozen and trained on synthetic images.
     Discriminator loss: real patches -> real; refined patches (half fresh, half from the history) -> refined.
     Returns a log row per step (both losses, each term, and D's accuracy on real and on refined patches).
+
+    A refiner step whose mean |R(x) - x| exceeds gan.collapse_change has collapsed: it rewrites the images
+    (all ink, say) instead of refining them, and does not come back. Training stops there, that row's phase
+    says "collapsed", and the refiner and discriminator go back to the last checkpoint's (``restored_step``).
     """
     generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
@@ -432,6 +436,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     log, first_step = resume(checkpoint, run, parts, "step")
     pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
     total = pretraining + config.steps
+    kept_step, kept = first_step, _copy_state(refiner, discriminator)  # what a collapse goes back to
     for step in progress(range(first_step, total), initial=first_step, total=total, desc="train-gan", unit="step"):
         row: dict = {"step": step + 1}
         if step < config.pretrain_refiner_steps:
@@ -445,10 +450,24 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             for _ in range(config.discriminator_updates):
                 row.update(discriminator_step())
         row["history_size"] = history.size
+        collapsed = bool(config.collapse_change) and distributed.any_rank(
+            row.get("refiner_regularization", 0.0) > config.collapse_change)
+        if collapsed:
+            row.update(phase="collapsed", restored_step=kept_step)
         log.append(row)
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(checkpoint, {"run": run, "step": step + 1, "log": log, **snapshot(parts)})
+        if collapsed:
+            refiner.load_state_dict(kept[0])
+            discriminator.load_state_dict(kept[1])
+            break
+        if (step + 1) % config.checkpoint_every == 0:
+            kept_step, kept = step + 1, _copy_state(refiner, discriminator)
+            if step + 1 < total:
+                save_checkpoint(checkpoint, {"run": run, "step": step + 1, "log": log, **snapshot(parts)})
     return log
+
+
+def _copy_state(*modules: torch.nn.Module) -> list[dict]:
+    return [{key: value.detach().clone() for key, value in module.state_dict().items()} for module in modules]
 
 
 @torch.no_grad()
