@@ -103,6 +103,13 @@ def spy_on_rounds(monkeypatch, pool: np.ndarray) -> list[dict]:
     return calls
 
 
+def row_of(images: np.ndarray, image: np.ndarray) -> int:
+    """The one row of ``images`` equal to ``image``."""
+    rows = np.flatnonzero((images == image).all(axis=(1, 2)))
+    assert len(rows) == 1
+    return int(rows[0])
+
+
 def record_saves(monkeypatch) -> list:
     real_save = training.save_checkpoint
     calls: list = []
@@ -156,11 +163,17 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
         confidences = np.asarray(call["confidences"])
         kept = np.sort(np.argsort(-confidences, kind="stable")[:round(row["kept_share"] * POOL)])
         assert len(kept) == row["pseudo_labels"] == [12, 18, 24][index]
-        # the synthetic set first (its labels anchor the reader), then the kept pool images with their readings
-        assert call["synthetic_count"] == SYNTHETIC
-        np.testing.assert_array_equal(call["images"][:SYNTHETIC], synthetic)
-        np.testing.assert_array_equal(call["images"][SYNTHETIC:], pool[kept])
-        assert call["labels"] == labels + [call["texts"][row_] for row_ in kept]
+        # the synthetic set and the kept pool images with their readings, every kept image at least once; the kept
+        # images (12, 18, 24 beside 40) are repeated in place of synthetic ones until they are real_share of it
+        size = SYNTHETIC + len(kept)
+        real_count = round(config.real_share * size)
+        assert len(call["images"]) == size and call["synthetic_count"] == size - real_count
+        synthetic_rows = [row_of(synthetic, image) for image in call["images"][:size - real_count]]
+        assert len(set(synthetic_rows)) == len(synthetic_rows)
+        assert call["labels"][:size - real_count] == [labels[row_] for row_ in synthetic_rows]
+        pool_rows = [row_of(pool, image) for image in call["images"][size - real_count:]]
+        assert set(pool_rows) == set(kept)
+        assert call["labels"][size - real_count:] == [call["texts"][row_] for row_ in pool_rows]
         # every kept reading is at least as confident as every dropped one
         dropped = np.setdiff1d(np.arange(POOL), kept)
         assert confidences[kept].min() >= confidences[dropped].max()
@@ -174,6 +187,32 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
         assert row["relabelled_share"] == (round(float(np.mean(changed)), 5) if changed else 0.0)
         previous = {int(r): call["texts"][r] for r in kept}
     assert any(row["relabelled_share"] > 0 for row in log[1:])  # the relabelling figure was really exercised
+
+
+@pytest.mark.parametrize("kept_count, real_share", [(5, 0.5), (7, 0.8), (60, 0.5), (40, 0.4)])
+def test_a_small_pool_is_repeated_in_place_of_synthetic_images(kept_count, real_share):
+    synthetic_count = 100
+    kept = np.arange(0, 3 * kept_count, 3)  # pool rows need not be contiguous
+    synthetic_rows, real_rows = training.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
+    size = synthetic_count + kept_count
+    real_count = round(real_share * size)
+    assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
+    assert len(np.unique(synthetic_rows)) == len(synthetic_rows) and synthetic_rows.max() < synthetic_count
+    assert set(np.unique(real_rows)) == set(kept)
+    counts = np.bincount(real_rows)[kept]
+    assert counts.min() == real_count // kept_count and counts.max() - counts.min() <= 1  # repeated evenly
+    assert np.all(np.diff(real_rows) >= 0) and np.all(np.diff(synthetic_rows) > 0)
+    again = training.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
+    np.testing.assert_array_equal(again[0], synthetic_rows)
+    np.testing.assert_array_equal(again[1], real_rows)
+
+
+@pytest.mark.parametrize("kept_count", [0, 30, 100])
+def test_a_pool_already_real_share_of_the_round_trains_beside_the_whole_synthetic_set(kept_count):
+    kept = np.arange(kept_count) * 2
+    synthetic_rows, real_rows = training.round_rows(100, kept, 0.2, np.random.default_rng(0))
+    np.testing.assert_array_equal(synthetic_rows, np.arange(100))
+    np.testing.assert_array_equal(real_rows, kept)
 
 
 def test_empty_readings_are_never_kept(data, tmp_path):
@@ -244,7 +283,8 @@ def test_balanced_rounds_train_on_the_balanced_readings(data, tmp_path, monkeypa
     def train(model, coder, images, labels_, *args, **kwargs):
         logits = training.read_logits(model, pool)
         seen.append(coder.decode(logits + training.balancing_offsets(logits, blank=False))[0])
-        assert labels_[SYNTHETIC:] == seen[-1]  # keep 1.0: every balanced reading, in pool order
+        real_count = round(0.5 * (SYNTHETIC + POOL))  # keep 1.0: every balanced reading, some of them twice
+        assert labels_[-real_count:] == [seen[-1][row_of(pool, image)] for image in images[-real_count:]]
         return real_train(model, coder, images, labels_, *args, **kwargs)
 
     monkeypatch.setattr(training, "train_reader", train)

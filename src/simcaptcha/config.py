@@ -179,6 +179,8 @@ class SelfTrainConfig:
     rounds: int = bounded(8, 0)  # label the pool, keep the confident share, train on it with the synthetic set
     keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
     epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
+    real_share: float = bounded(0.5, 0.0, 1.0)  # least share of a round's images that are pseudo-labelled: a small
+    #                                             pool is repeated in place of synthetic images
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
     balance_classes: bool = True  # the site draws characters uniformly: even out how often each is read

@@ -263,8 +263,9 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     """Teach ``model`` the real images without a single label: pseudo-labelling in rounds (noisy student).
 
     Each round reads the unlabelled pool with the current model, keeps its most confident share (growing from
-    keep[0] to keep[1]) with the model's readings as labels, and trains on those beside the synthetic set
-    (augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
+    keep[0] to keep[1]) with the model's readings as labels, and trains on those beside the synthetic set, the
+    pseudo-labelled ones repeated where they are less than ``config.real_share`` of the round (``round_rows``;
+    augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
     labels anchored; the held-out synthetic share is still the only validation. With
     ``config.balance_classes`` each round's readings are first evened out across the characters
     (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
@@ -283,12 +284,14 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
         kept = np.sort(np.asarray(order[:int(round(share * len(pool)))], dtype=np.int64))
         changed = [previous[row] != texts[row] for row in kept if row in previous]
-        images = np.concatenate([synthetic, pool[kept]])
-        labels = synthetic_labels + [texts[row] for row in kept]
+        synthetic_rows, real_rows = round_rows(len(synthetic), kept, config.real_share,
+                                               np.random.default_rng(reader_config.seed + round_index))
+        images = np.concatenate([synthetic[synthetic_rows], pool[real_rows]])
+        labels = [synthetic_labels[row] for row in synthetic_rows] + [texts[row] for row in real_rows]
         round_config = replace(reader_config, epochs=config.epochs, learning_rate=config.learning_rate,
                                seed=reader_config.seed + round_index + 1)
         history = train_reader(model, coder, images, labels, round_config, augment,
-                               checkpoints / f"round-{round_index + 1}.pt", device, len(synthetic), mask)
+                               checkpoints / f"round-{round_index + 1}.pt", device, len(synthetic_rows), mask)
         log.append({"round": round_index + 1, "pseudo_labels": len(kept), "kept_share": round(share, 4),
                     "lowest_kept_confidence": round(min((confidences[row] for row in kept), default=0.0), 5),
                     "relabelled_share": round(float(np.mean(changed)), 5) if changed else 0.0,
@@ -300,6 +303,23 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         with torch.no_grad():
             model.head.bias += offsets.to(device).repeat(model.head.bias.numel() // len(offsets))
     return log
+
+
+def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One self-training round's images: the synthetic set and the kept pool images, at least ``real_share`` real.
+
+    A small pool (Kaggle's 1,040 beside 20,000 synthetic) would otherwise be a few percent of what the reader
+    sees and barely move it. Its images are then repeated (each repeat augmented differently) in place of
+    randomly dropped synthetic ones, so the round keeps its size and time. Returns sorted synthetic rows and
+    pool rows (repeats included).
+    """
+    size = synthetic_count + len(kept)
+    real_count = min(max(len(kept), int(round(real_share * size))), size) if len(kept) else 0
+    repeats, remainder = divmod(real_count, len(kept)) if len(kept) else (0, 0)
+    real_rows = np.sort(np.concatenate([np.tile(kept, repeats), rng.choice(kept, remainder, replace=False)]))
+    synthetic_rows = np.sort(rng.choice(synthetic_count, size - real_count, replace=False))
+    return synthetic_rows, real_rows.astype(np.int64)
 
 
 # ---------------------------------------------------------------- SimGAN
