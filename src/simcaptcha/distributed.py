@@ -56,11 +56,16 @@ def rank_path(path: Path) -> Path:
     return path if process_count() == 1 else path.with_name(f"{path.stem}.rank{process_rank()}{path.suffix}")
 
 
+def _collective_device() -> torch.device | None:
+    """Where a collective's tensors live: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+
 def check_same_counter(counter: int, what: str) -> None:
     """Every rank must resume from the same epoch or step, or the processes would wait on each other forever."""
     if process_count() == 1:
         return
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    device = _collective_device()
     counters = [torch.tensor(0, device=device) for _ in range(process_count())]
     dist.all_gather(counters, torch.tensor(counter, device=device))
     if len({int(value) for value in counters}) > 1:
@@ -72,7 +77,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any, so all processes leave a training loop together."""
     if process_count() == 1:
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    device = _collective_device()
     value = torch.tensor(int(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value)
