@@ -314,9 +314,11 @@ def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float,
     randomly dropped synthetic ones, so the round keeps its size and time. Returns sorted synthetic rows and
     pool rows (repeats included).
     """
+    if not len(kept):
+        return np.arange(synthetic_count, dtype=np.int64), np.empty(0, dtype=np.int64)
     size = synthetic_count + len(kept)
-    real_count = min(max(len(kept), int(round(real_share * size))), size) if len(kept) else 0
-    repeats, remainder = divmod(real_count, len(kept)) if len(kept) else (0, 0)
+    real_count = max(len(kept), int(round(real_share * size)))  # real_share <= 1: never more than the round
+    repeats, remainder = divmod(real_count, len(kept))
     real_rows = np.sort(np.concatenate([np.tile(kept, repeats), rng.choice(kept, remainder, replace=False)]))
     synthetic_rows = np.sort(rng.choice(synthetic_count, size - real_count, replace=False))
     return synthetic_rows, real_rows.astype(np.int64)
@@ -384,8 +386,9 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     Returns a log row per step (both losses, each term, and D's accuracy on real and on refined patches).
 
     A refiner step whose mean |R(x) - x| exceeds gan.collapse_change has collapsed: it rewrites the images
-    (all ink, say) instead of refining them, and does not come back. Training stops there, that row's phase
-    says "collapsed", and the refiner and discriminator go back to the last checkpoint's (``restored_step``).
+    (all ink, say) instead of refining them; most such runs stay collapsed, though a single spike can pass (one
+    HackMIT run came back from 0.35). Training stops there, that row's phase says "collapsed", and the refiner
+    and discriminator go back to the last checkpoint's (``restored_step``).
     """
     generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
