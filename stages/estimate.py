@@ -9,7 +9,7 @@ import numpy as np
 
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
-from simcaptcha.estimate import estimate_site, fitted_styles, placement_spans
+from simcaptcha.estimate import estimate_site, fitted_styles, pool_placement
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import load_mask
 from simcaptcha.pipeline import BINARIZED, ESTIMATE, IMAGES, MASK, stage_metrics
@@ -27,15 +27,15 @@ def main() -> None:
     with stage_metrics("estimate") as figures:
         site = estimate_site(pool, mask, [str(path) for path in fonts], render, params.estimate)
         write_json(ESTIMATE, site)
-        figures.update({key: value for key, value in site.items() if key not in ("fonts", "text_spans")},
+        figures.update({key: value for key, value in site.items() if key not in ("fonts", "text_spans", "line_spans")},
                        candidate_fonts=len(fonts), closest_fonts=site["fonts"][:max(render.closest_fonts, 1)])
         if not render.length[0] <= site["length"] <= render.length[1]:
             print(f"warning: the pool looks like {site['length']} characters per captcha "
                   f"(range {site['length_range']}), but render.length is {render.length}", file=sys.stderr)
         shown = fitted_styles(site, 8, 0.0)
         rng = np.random.default_rng(0)
-        spans = placement_spans(site, render)
-        drawn = [Renderer(render, height, width, (style,), mask, spans).captcha(rng) for style in shown]
+        placement = pool_placement(site, render)
+        drawn = [Renderer(render, height, width, (style,), mask, **placement).captcha(rng) for style in shown]
         captions = ["real"] * len(shown) + [f"{fit['font'].split('/')[-1][:18]} {fit['size']}px +{fit['stroke']}"
                                             for fit in site["fonts"][:len(shown)]]
         save_png(IMAGES / "estimate-fonts.png", contact_sheet(list(pool[:len(shown)]) + [image for image, _ in drawn],

@@ -7,7 +7,7 @@ import pandas as pd
 
 from simcaptcha.config import RenderConfig, load_config
 from simcaptcha.errors import run_main
-from simcaptcha.estimate import fitted_styles, load_site, placement_spans
+from simcaptcha.estimate import fitted_styles, load_site, pool_placement
 from simcaptcha.fonts import font_id
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import site_mask
@@ -31,7 +31,7 @@ def main() -> None:
     styles = font_styles(config, site)
     mask = site_mask(params)
     mask = np.zeros((height, width), dtype=bool) if mask is None else mask
-    renderer = Renderer(config, height, width, styles, mask, placement_spans(site, config))
+    renderer = Renderer(config, height, width, styles, mask, **pool_placement(site, config))
     with stage_metrics("render-fonts") as figures:
         figures["fonts"] = [f"{font_id(style.path)} {style.size[0]}-{style.size[1]}px +{style.stroke[0]}"
                             for style in styles]

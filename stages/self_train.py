@@ -35,7 +35,7 @@ def main() -> None:
         log = self_train(model, LabelCoder(spec.charset, spec.length, spec.head), synthetic.images,
                          synthetic.labels, pool.images[keep], config, params.classifier,
                          params.training_augment, checkpoints,
-                         pick_device(), site_mask(params))
+                         pick_device(), site_mask(params), tuple(params.render.length))
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round
         figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),

@@ -13,6 +13,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the development data set; CI always has it beside the repo
 SAMPLES = REPO / "data" / "samples" / "hackmit2017"  # the embedded default target
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: on two cores, two workers of two torch threads each (and
+    os.environ["OMP_NUM_THREADS"] = "1"     # their stage subprocesses) would wait on each other: one thread each
+    torch.set_num_threads(1)
 TOOLS_ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # venv's dvc first
 TINY = {
     "fetch": {"unlabelled": {"limit": 300}, "labelled": {"limit": 60}},

@@ -17,7 +17,7 @@ import pytest
 from simcaptcha.config import EstimateConfig, RenderConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.estimate import (TextComponents, estimate_length, estimate_site, fit_font, fitted_styles,
-                                 load_site, placement_spans, shape_similarity, text_components)
+                                 load_site, pool_placement, shape_similarity, text_components)
 from simcaptcha.fonts import FONTDATA_DIR, font_id
 from simcaptcha.rendering import FontStyle, Renderer, render_set
 from simcaptcha.store import write_json
@@ -54,8 +54,10 @@ def line_mask() -> np.ndarray:
     return mask
 
 
-def render_pool(font: str, size: int, stroke: int, count: int = 60, mask: np.ndarray = NO_MASK) -> np.ndarray:
-    renderer = Renderer(render_config(seed=11), H, W, (FontStyle(font, (size, size), (stroke, stroke)),), mask)
+def render_pool(font: str, size: int, stroke: int, count: int = 60, mask: np.ndarray = NO_MASK,
+                y_shift: int = 0, **changes) -> np.ndarray:
+    renderer = Renderer(render_config(seed=11, **changes), H, W,
+                        (FontStyle(font, (size, size), (stroke, stroke), y_shift),), mask)
     images, _ = render_set(renderer, "captcha", count, workers=1)
     return images
 
@@ -289,7 +291,7 @@ def test_estimate_site_ranks_the_pools_font_first(site):
 
 def test_estimate_site_result_fields(site, site_pool):
     assert set(site) == {"measured_captchas", "text_height", "stroke_width", "length", "length_range",
-                         "text_columns", "text_spans", "fonts"}
+                         "text_columns", "text_spans", "line_spans", "fonts"}
     assert len(site["text_spans"]) == 60
     assert all(0 <= first < last < site_pool.shape[2] for first, last in site["text_spans"])
     (first_low, first, first_high), (last_low, last, last_high) = site["text_columns"]
@@ -298,12 +300,15 @@ def test_estimate_site_result_fields(site, site_pool):
     assert site["length"] == 3 and site["length_range"][0] <= 3 <= site["length_range"][1]
     assert 10 < site["text_height"] < 25
     for fit in site["fonts"]:
-        assert set(fit) == {"font", "size", "stroke", "similarity", "height", "stroke_width"}
+        assert set(fit) == {"font", "size", "stroke", "similarity", "height", "stroke_width", "y_shift"}
         assert isinstance(fit["size"], int) and isinstance(fit["stroke"], int)
     assert json.loads(json.dumps(site, allow_nan=False)) == site
     # and render-fonts can draw from it
     style = fitted_styles(site, 1, 0.0)[0]
-    assert style == FontStyle(BOLD, (site["fonts"][0]["size"],) * 2, (site["fonts"][0]["stroke"],) * 2)
+    assert style == FontStyle(BOLD, (site["fonts"][0]["size"],) * 2, (site["fonts"][0]["stroke"],) * 2,
+                              site["fonts"][0]["y_shift"])
+    assert abs(site["fonts"][0]["y_shift"]) <= 1  # the pool was drawn by the same renderer, at the middle
+    assert site["line_spans"] == []  # estimate.opening 0: no line is measured
 
 
 def test_text_spans_are_the_first_and_last_text_columns():
@@ -314,10 +319,36 @@ def test_text_spans_are_the_first_and_last_text_columns():
     np.testing.assert_array_equal(text_components(images, np.zeros((30, 80), bool), 30).spans, [[10, 46], [30, 69]])
 
 
-def test_placement_spans_follow_render_placement(site):
-    spans = placement_spans(site, render_config())
-    assert spans.shape == (len(site["text_spans"]), 2)
-    assert placement_spans(site, render_config(placement="spacing")) is None
+def test_pool_placement_follows_render_placement(site):
+    placement = pool_placement(site, render_config())
+    assert placement["spans"].shape == (len(site["text_spans"]), 2) and placement["line_spans"] is None
+    lined = pool_placement({**site, "line_spans": [[3, 70], [5, 66]]}, render_config())
+    np.testing.assert_array_equal(lined["line_spans"], [[3, 70], [5, 66]])
+    assert pool_placement(lined, render_config(placement="spacing")) == {"spans": None, "line_spans": None}
+
+
+def test_a_pool_drawn_low_fits_a_font_moved_down():
+    """A site that draws its text 4 px below the middle: the fit moves the font down as far, and renders there."""
+    pool = render_pool(BOLD, 22, 0, y_shift=4, y_offset=[0, 0], rotation=[0.0, 0.0])
+    components = text_components(pool, NO_MASK, 20)
+    config = render_config(y_offset=[0, 0], rotation=[0.0, 0.0])
+    fit = fit_font(BOLD, components, config, estimate_config(), H, W, NO_MASK)
+    assert abs(fit.y_shift - 4) <= 1
+    site = {"fonts": [{"font": font_id(BOLD), "size": fit.size, "stroke": fit.stroke, "y_shift": fit.y_shift}]}
+    images, _ = render_set(Renderer(config, H, W, fitted_styles(site, 1, 0.0), NO_MASK), "captcha", 40, workers=1)
+    assert abs(np.median(text_components(images, NO_MASK, 20).rows) - np.median(components.rows)) <= 1
+
+
+def test_thin_lines_are_measured_apart_from_the_text():
+    """With an opening, a 1 px line from column 5 to 74 is a line span; the text's rows and spans leave it out."""
+    images = np.zeros((2, H, W), np.uint8)
+    images[:, 10:30, 20:28] = images[:, 10:30, 40:48] = 255
+    images[:, 35, 5:75] = 255  # the line, below the text
+    measured = text_components(images, NO_MASK, 30, opening=1)
+    np.testing.assert_array_equal(measured.line_spans, [[5, 74], [5, 74]])
+    np.testing.assert_array_equal(measured.spans, [[20, 47], [20, 47]])
+    np.testing.assert_allclose(measured.rows, [19.5, 19.5])
+    assert text_components(images, NO_MASK, 30).line_spans.shape == (0, 2)  # no opening: no line measured
 
 
 def test_estimate_site_is_deterministic(site, site_pool):
@@ -345,7 +376,7 @@ def test_estimate_site_equal_similarities_keep_the_input_order(site_pool):
 def components_per_image(counts) -> TextComponents:
     counts = np.asarray(counts)
     return TextComponents(np.zeros((max(int(counts.sum()), 1), 400), np.float32), np.ones(len(counts)), 2.0, counts,
-                          np.zeros((len(counts), 2), np.int64))
+                          np.zeros((len(counts), 2), np.int64), np.zeros(len(counts)), np.zeros((0, 2), np.int64))
 
 
 def test_estimate_length_median_and_middle_80_percent():
@@ -369,22 +400,22 @@ def test_estimate_length_from_measured_images():
 
 # ---------------------------------------------------------------- fitted_styles
 SITE = {"fonts": [
-    {"font": "Liberation-Sans/LiberationSans-Bold.ttf", "size": 20, "stroke": 1, "similarity": 0.9},
-    {"font": "Dancing-Script/DancingScript-Regular.otf", "size": 31, "stroke": 0, "similarity": 0.8},
-    {"font": str(FONT), "size": 5, "stroke": 2, "similarity": 0.7},
+    {"font": "Liberation-Sans/LiberationSans-Bold.ttf", "size": 20, "stroke": 1, "similarity": 0.9, "y_shift": 2},
+    {"font": "Dancing-Script/DancingScript-Regular.otf", "size": 31, "stroke": 0, "similarity": 0.8, "y_shift": 0},
+    {"font": str(FONT), "size": 5, "stroke": 2, "similarity": 0.7, "y_shift": -1},
 ]}
 
 
 def test_fitted_styles_takes_the_first_fonts_at_their_size_and_outline():
     styles = fitted_styles(SITE, 2, 0.1)
-    assert styles == (FontStyle(BOLD, (18, 22), (1, 1)), FontStyle(SCRIPT, (28, 34), (0, 0)))
-    assert fitted_styles(SITE, 1, 0.0) == (FontStyle(BOLD, (20, 20), (1, 1)),)
+    assert styles == (FontStyle(BOLD, (18, 22), (1, 1), 2), FontStyle(SCRIPT, (28, 34), (0, 0)))
+    assert fitted_styles(SITE, 1, 0.0) == (FontStyle(BOLD, (20, 20), (1, 1), 2),)
 
 
 def test_fitted_styles_count_beyond_the_list_and_small_sizes():
     styles = fitted_styles(SITE, 10, 0.5)
     assert len(styles) == 3
-    assert styles[2] == FontStyle(str(FONT), (4, 8), (2, 2))  # a font outside fontdata by its path; never below 4
+    assert styles[2] == FontStyle(str(FONT), (4, 8), (2, 2), -1)  # a font outside fontdata by its path; never below 4
     assert fitted_styles(SITE, 0, 0.1) == ()
 
 

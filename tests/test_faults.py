@@ -30,9 +30,10 @@ TIMINGS = {"seconds", "per_second"}  # wall-clock figures in the metrics files: 
 def one_core() -> Iterator[None]:
     """Stages started in here run on one core: on two cores shared with other work, torch's two threads wait on
     each other and tiny training runs several times slower. Both runs a test compares start in here, as their
-    float sums depend on the thread count."""
+    float sums depend on the thread count. Under pytest -n each worker takes its own core."""
     cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cores)})
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    os.sched_setaffinity(0, {sorted(cores)[worker % len(cores)]})
     try:
         yield
     finally:

@@ -150,6 +150,20 @@ def test_line_bends_leave_the_straight_path():
     assert all(drawn([0, 2], seed).any() for seed in range(20))
 
 
+def test_lines_span_the_columns_of_a_pool_captchas_line():
+    """With the pool's line spans, a straight line runs from one pool captcha's first line column to its last."""
+    spans = np.array([[10, 80], [30, 60]])
+    renderer = dataclasses.replace(make_renderer(lines=[1, 1], line_width=[1, 1]), line_spans=spans)
+    seen = set()
+    for seed in range(20):
+        ink = np.zeros((50, 100), dtype=np.uint8)
+        renderer._draw_line(np.random.default_rng(seed), ink)
+        first, last = text_columns(ink)
+        assert [first, last] in spans.tolist()
+        seen.add(first)
+    assert seen == {10, 30}
+
+
 def test_longer_labels_use_more_width():
     short, _ = render_set(make_renderer(length=[1, 1], spacing=[2, 2], rotation=[0.0, 0.0]), "captcha", 40, 1)
     long, _ = render_set(make_renderer(length=[4, 4], spacing=[2, 2], rotation=[0.0, 0.0]), "captcha", 40, 1)

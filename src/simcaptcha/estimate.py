@@ -9,7 +9,12 @@ same code, so whatever the measurement's biases (lines cutting glyphs, touching 
   skeleton) is nearest the pool's;
 - fonts are ranked by how well their component shapes and the pool's explain each other: each shape, reduced
   to a normalised 20×20 image, is matched to its most similar counterpart (cosine), in both directions;
-  fonts that miss the pool's height, or only reach it at an outlying size, rank last.
+  fonts that miss the pool's height, or only reach it at an outlying size, rank last;
+- each font is moved up or down until its text sits at the pool's height (median row of the text's ink): a
+  site that draws its text low (Kaggle: 5 px below the middle) would otherwise be read where it never is.
+
+Where the site strikes its text with random thin lines (``estimate.opening``), the columns those lines span are
+kept per pool captcha too, so rendered lines cross the text where the site's do.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class TextComponents:
     stroke_width: float  # mean stroke width over all images, pixels
     per_image: np.ndarray  # components per image
     spans: np.ndarray  # K×2 first and last column of the text of each image that has any
+    rows: np.ndarray  # K the mean row of the text's ink in each image that has any
+    line_spans: np.ndarray  # L×2 first and last column of the thin strokes ``opening`` removed, per image with any
 
 
 def _shape_vector(component: np.ndarray) -> np.ndarray:
@@ -61,14 +68,19 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
     """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255.
 
     ``opening`` > 0 first removes strokes thinner than 2·opening + 1 pixels (a site's random thin lines, which
-    would join every character into one component).
+    would join every character into one component); what it removed away from the text is measured as lines.
     """
     outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
     square = np.ones((2 * opening + 1, 2 * opening + 1), bool)
-    shapes, heights, strokes, per_image, spans = [], [], [], [], []
+    shapes, heights, strokes, per_image, spans, rows, line_spans = [], [], [], [], [], [], []
     for image in images:
         ink = (image > 127) & outside
-        labels = label(ndimage.binary_opening(ink, square) if opening else ink)
+        thick = ndimage.binary_opening(ink, square) if opening else ink
+        if opening:  # thin ink not touching what the opening kept: a line (its parts across glyphs are lost)
+            line_columns = np.flatnonzero((ink & ~ndimage.binary_dilation(thick, square)).any(axis=0))
+            if len(line_columns):
+                line_spans.append((int(line_columns[0]), int(line_columns[-1])))
+        labels = label(thick)
         text = [component for component in regionprops(labels) if component.area >= min_area]
         ink = np.isin(labels, [component.label for component in text])  # specks and line fragments left out
         skeleton = skeletonize(ink)
@@ -76,6 +88,7 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
             strokes.append(float((2 * ndimage.distance_transform_edt(ink)[skeleton]).mean()))
             columns = np.flatnonzero(ink.any(axis=0))
             spans.append((int(columns[0]), int(columns[-1])))
+            rows.append(float(np.nonzero(ink)[0].mean()))
         for component in text:
             heights.append(component.image.shape[0])
             shapes.append(_shape_vector(component.image))
@@ -86,7 +99,7 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
     matrix -= matrix.mean(axis=1, keepdims=True)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-9
     return TextComponents(matrix, np.asarray(heights), float(np.mean(strokes)), np.asarray(per_image),
-                          np.asarray(spans).reshape(-1, 2))
+                          np.asarray(spans).reshape(-1, 2), np.asarray(rows), np.asarray(line_spans).reshape(-1, 2))
 
 
 def shape_similarity(pool: TextComponents, rendered: TextComponents) -> float:
@@ -105,6 +118,7 @@ class FontFit:
     similarity: float
     height: float
     stroke_width: float
+    y_shift: int  # pixels down (negative: up) that put the font's text at the pool's height
 
 
 def _probe(render: RenderConfig, config: EstimateConfig, height: int, width: int, mask: np.ndarray,
@@ -148,7 +162,8 @@ def fit_font(font: str, pool: TextComponents, render: RenderConfig, config: Esti
     size = scaled(size, stroke, 2) if stroke else size  # an outline adds height: fit the size again with it
     components = _probe(render, config, height, width, mask, font, size, stroke)
     return FontFit(font, size, stroke, round(shape_similarity(pool, components), 5),
-                   float(np.median(components.heights)), round(components.stroke_width, 3))
+                   float(np.median(components.heights)), round(components.stroke_width, 3),
+                   int(round(np.median(pool.rows) - np.median(components.rows))))
 
 
 def estimate_length(pool: TextComponents) -> tuple[int, list[int]]:
@@ -166,7 +181,7 @@ def _fit_job(job: tuple) -> FontFit:
     try:
         return fit_font(*job)
     except SimcaptchaError:
-        return FontFit(job[0], 0, 0, -1.0, 0.0, 0.0)
+        return FontFit(job[0], 0, 0, -1.0, 0.0, 0.0, 0)
 
 
 def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], render: RenderConfig,
@@ -195,23 +210,29 @@ def estimate_site(pool_images: np.ndarray, mask: np.ndarray, fonts: list[str], r
         "length_range": length_range,
         "text_columns": np.percentile(pool.spans, [10, 50, 90], axis=0).round().astype(int).T.tolist(),
         "text_spans": pool.spans.tolist(),
+        "line_spans": pool.line_spans.tolist(),
         "fonts": [{**dataclasses.asdict(fit), "font": font_id(fit.font)} for fit in fits],
     }
 
 
 def fitted_styles(site: dict, count: int, spread: float) -> tuple[FontStyle, ...]:
-    """The ``count`` closest fonts of an ``estimate_site`` result, each at its size +- ``spread`` and its outline."""
+    """The ``count`` closest fonts of an ``estimate_site`` result, each at its size +- ``spread``, its outline and
+    its height."""
     styles = []
     for fit in site["fonts"][:count]:
         low, high = int(round(fit["size"] * (1 - spread))), int(round(fit["size"] * (1 + spread)))
         styles.append(FontStyle(str(font_from_id(fit["font"])), (max(low, 4), max(high, 4)),
-                                (fit["stroke"], fit["stroke"])))
+                                (fit["stroke"], fit["stroke"]), fit["y_shift"]))
     return tuple(styles)
 
 
-def placement_spans(site: dict, render: RenderConfig) -> np.ndarray | None:
-    """The pool's text spans a Renderer places text by (render.placement pool), or None (render.spacing)."""
-    return np.asarray(site["text_spans"]).reshape(-1, 2) if render.placement == "pool" else None
+def pool_placement(site: dict, render: RenderConfig) -> dict[str, np.ndarray | None]:
+    """The Renderer's ``spans`` and ``line_spans`` by the pool's (render.placement pool), or None for both
+    (render.spacing: text placed at random, lines anywhere); no line was measured: None."""
+    if render.placement != "pool":
+        return {"spans": None, "line_spans": None}
+    lines = np.asarray(site["line_spans"]).reshape(-1, 2)
+    return {"spans": np.asarray(site["text_spans"]).reshape(-1, 2), "line_spans": lines if len(lines) else None}
 
 
 def load_site(path) -> dict:

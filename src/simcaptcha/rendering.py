@@ -116,11 +116,13 @@ def _paste_max(canvas: np.ndarray, glyph: np.ndarray, top: int, left: int) -> No
 
 @dataclass(frozen=True)
 class FontStyle:
-    """A font file with the em sizes and outline widths it is drawn at ([min, max] pixels each)."""
+    """A font file with the em sizes and outline widths it is drawn at ([min, max] pixels each), and how far
+    below the middle its text sits (``y_shift`` pixels, negative: above)."""
 
     path: str
     size: tuple[int, int]
     stroke: tuple[int, int]
+    y_shift: int = 0
 
 
 def uniform_styles(paths: list[Path] | tuple[str, ...], config: RenderConfig) -> tuple[FontStyle, ...]:
@@ -138,6 +140,7 @@ class Renderer:
     fonts: tuple[FontStyle, ...]
     mask: np.ndarray  # bool H×W, the site's fixed noise
     spans: np.ndarray | None = None  # K×2 first and last text columns of pool captchas; None: render.spacing
+    line_spans: np.ndarray | None = None  # L×2 first and last columns of pool captchas' lines; None: at random
 
     def _gaps(self, rng: np.random.Generator, text: str, widths: list[int], width: int,
               spacing: list[int]) -> tuple[int, list[int]]:
@@ -175,7 +178,7 @@ class Renderer:
         middle = (min(centres) + max(centres)) / 2
         ink = np.zeros((self.height, width), dtype=np.uint8)
         for index, glyph in enumerate(glyphs):
-            top = (self.height - glyph.shape[0]) // 2 + int(round(centres[index] - middle)) \
+            top = (self.height - glyph.shape[0]) // 2 + int(round(centres[index] - middle)) + style.y_shift \
                 + _uniform_int(rng, config.y_offset)
             if glyph.shape[0] <= self.height:
                 top = min(max(top, 0), self.height - glyph.shape[0])
@@ -188,11 +191,13 @@ class Renderer:
         return ink
 
     def _draw_line(self, rng: np.random.Generator, ink: np.ndarray) -> None:
-        """A stroke from the left half to the right half at random heights (a site's random line), through
-        render.line_bends corners at random points taken left to right: a corner left of the start makes a hook."""
+        """A stroke at random heights (a site's random line) from the left half to the right half, or across the
+        columns a pool captcha's line spans, through render.line_bends corners at random points taken left to
+        right: a corner left of the start makes a hook."""
         height, width = ink.shape
-        start = (float(rng.uniform(0, width / 2)), float(rng.uniform(0, height)))
-        end = (float(rng.uniform(width / 2, width)), float(rng.uniform(0, height)))
+        span = None if self.line_spans is None else self.line_spans[int(rng.integers(len(self.line_spans)))]
+        start = (float(rng.uniform(0, width / 2) if span is None else span[0]), float(rng.uniform(0, height)))
+        end = (float(rng.uniform(width / 2, width) if span is None else span[1]), float(rng.uniform(0, height)))
         bends = _uniform_int(rng, self.config.line_bends) if self.config.line_bends[1] else 0
         corners = sorted((float(rng.uniform(0, width)), float(rng.uniform(0, height))) for _ in range(bends))
         canvas = Image.fromarray(ink)

@@ -259,7 +259,7 @@ def validation_figures(predicted: list[str], truth: list[str]) -> dict:
 def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, synthetic_labels: list[str],
                pool: np.ndarray, config: SelfTrainConfig, reader_config: ClassifierConfig,
                augment: AugmentConfig | None, checkpoints: Path, device: torch.device,
-               mask: np.ndarray | None = None) -> list[dict]:
+               mask: np.ndarray | None = None, lengths: tuple[int, int] | None = None) -> list[dict]:
     """Teach ``model`` the real images without a single label: pseudo-labelling in rounds (noisy student).
 
     Each round reads the unlabelled pool with the current model, keeps its most confident share (growing from
@@ -269,8 +269,10 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     labels anchored; the held-out synthetic share is still the only validation. With
     ``config.balance_classes`` each round's readings are first evened out across the characters
     (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
-    round's last checkpoint stays in ``checkpoints`` and restores that round's weights.
+    round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
+    [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
     """
+    low_length, high_length = lengths or (1, coder.length)
     model.to(device, memory_format=torch.channels_last)
     log: list[dict] = []
     previous: dict[int, str] = {}
@@ -280,7 +282,7 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         logits = read_logits(model, pool, device=device)
         offsets = balancing_offsets(logits, coder.head == "ctc") if config.balance_classes else None
         texts, confidences = coder.decode(logits if offsets is None else logits + offsets)
-        valid = np.asarray([0 < len(text) <= coder.length for text in texts])  # CTC may read too few or many
+        valid = np.asarray([low_length <= len(text) <= high_length for text in texts])  # CTC may read too few or many
         order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
         kept = np.sort(np.asarray(order[:int(round(share * len(pool)))], dtype=np.int64))
         changed = [previous[row] != texts[row] for row in kept if row in previous]
