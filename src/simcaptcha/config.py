@@ -159,7 +159,7 @@ class AugmentConfig:
 # ---------------------------------------------------------------- train-classifier
 @dataclass(frozen=True)
 class ClassifierConfig:
-    head: Literal["positions", "ctc"] = "ctc"  # CTC (per column, any length) or per-position heads (fixed length)
+    head: Literal["positions", "ctc"] = "positions"  # per-position heads (fixed length) or CTC (variable length)
     channels: list[int] = bounded([16, 32, 64, 96], 1, 1024, items=4)  # conv widths of the 4 blocks
     dropout: float = bounded(0.2, 0.0, 0.9)
     epochs: int = bounded(4, 1)
