@@ -18,9 +18,9 @@ from simcaptcha.training import LabelCoder, read_images
 
 from conftest import SAMPLES, TOOLS_ENV, _run, tiny_project
 
-DOWNSTREAM_OF_GAN = {"train-gan", "refine", "train-classifier@refined", "evaluate",
-                     # the label-budget points that start from the refined reader; the others do not use it
-                     "label-budget-refined@0-0", "label-budget-refined@4-0", "label-budget"}
+DOWNSTREAM_OF_REFINE = {"refine", "train-classifier@refined", "evaluate",
+                        # the label-budget points that start from the refined reader; the others do not use it
+                        "label-budget-refined@0-0", "label-budget-refined@4-0"}
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +57,15 @@ def test_second_repro_does_nothing(project):
     assert "up to date" in output
 
 
-def test_gan_param_reruns_only_the_refiner_and_downstream(project):
-    upstream = [project / "data/binarized/unlabelled/shard-00000.npz", project / "data/models/synthetic.safetensors",
-                project / "data/models/selftrained.safetensors"]
+def test_refine_param_reruns_only_refine_and_downstream(project):
+    """refine.threshold 0.99 blanks the refined images (ink comes out of the refiner at about 0.98), so everything
+    that reads them reruns; nothing upstream does, nor the readers beside the refined one."""
+    upstream = [project / "data/binarized/unlabelled/shard-00000.npz", project / "data/models/gan.safetensors",
+                project / "data/models/synthetic.safetensors", project / "data/models/selftrained.safetensors"]
     before = [path.stat().st_mtime_ns for path in upstream]
-    output = _run(["dvc", "exp", "run", "-S", "gan.seed=7"], project)
+    output = _run(["dvc", "exp", "run", "-S", "refine.threshold=0.99"], project)
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == DOWNSTREAM_OF_GAN
+    assert ran - {"label-budget"} == DOWNSTREAM_OF_REFINE  # the grid's report reruns if a point's figures changed
     assert [path.stat().st_mtime_ns for path in upstream] == before
 
 
