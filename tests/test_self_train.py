@@ -72,11 +72,12 @@ def selftrain_config(**changes) -> SelfTrainConfig:
 
 
 def run(data, checkpoints: Path, config: SelfTrainConfig | None = None, model: Reader | None = None,
-        head: str = "positions", classifier: ClassifierConfig | None = None) -> tuple[Reader, list[dict]]:
+        head: str = "positions", classifier: ClassifierConfig | None = None,
+        lengths: tuple[int, int] | None = None) -> tuple[Reader, list[dict]]:
     synthetic, labels, pool = data
     model = model or make_reader(head)
     log = self_train(model, LabelCoder("ab", 2, head), synthetic, labels, pool, config or selftrain_config(),
-                     classifier or reader_config(head=head), None, checkpoints, CPU)
+                     classifier or reader_config(head=head), None, checkpoints, CPU, lengths=lengths)
     return model, log
 
 
@@ -237,6 +238,24 @@ def test_ctc_readings_longer_than_the_label_length_do_not_crash(data, tmp_path):
     assert max(len(text) for text in texts) > 2  # the precondition of this test
     _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model, head="ctc")
     assert len(log) == 1
+
+
+def test_ctc_readings_of_another_length_than_the_sites_are_never_kept(data, tmp_path):
+    """A fixed-length site (lengths 2 to 2): a CTC reader that reads one character everywhere keeps nothing,
+    where the default (1 to the reader's length) keeps every reading."""
+    def one_character_reader():
+        model = make_reader("ctc")
+        with torch.no_grad():  # every column reads 'a': greedy decoding merges them into one 'a'
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.tensor([0.0, 100.0, 0.0]))
+        return model
+
+    assert set(training.read_images(one_character_reader(), LabelCoder("ab", 2, "ctc"), data[2])[0]) == {"a"}
+    config = selftrain_config(rounds=1, keep=[1.0, 1.0])
+    _, log = run(data, tmp_path / "site", config, model=one_character_reader(), head="ctc", lengths=(2, 2))
+    assert log[0]["pseudo_labels"] == 0
+    _, log = run(data, tmp_path / "default", config, model=one_character_reader(), head="ctc")
+    assert log[0]["pseudo_labels"] == len(data[2])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
