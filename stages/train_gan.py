@@ -49,8 +49,9 @@ def main() -> None:
         collapsed = [row for row in log if row["phase"] == "collapsed"]
         if collapsed:
             print(f"warning: train-gan: the refiner collapsed at step {collapsed[0]['step']} (it changed pixels by "
-                  f"{collapsed[0]['refiner_regularization']:.2f} on average, above gan.collapse_change); it is the "
-                  f"refiner of step {collapsed[0]['restored_step']}", file=sys.stderr)
+                  f"{collapsed[0]['refiner_regularization']:.2f} on average, above gan.collapse_change for "
+                  f"{config.collapse_steps} steps in a row); it is the refiner of step {collapsed[0]['restored_step']}",
+                  file=sys.stderr)
         figures["collapsed_at_step"] = collapsed[0]["step"] if collapsed else None
         last = [row for row in log[-50:] if "d_accuracy_real" in row and row["phase"] != "collapsed"]
         for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):

@@ -646,17 +646,30 @@ def test_train_gan_ignores_checkpoint_made_with_another_reader(tmp_path, monkeyp
 def test_train_gan_stops_at_a_collapse_and_keeps_the_last_checkpoints_refiner(tmp_path):
     # unregularised at a high learning rate the refiner jumps to near-constant images (as it did once on Kaggle)
     config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
-                        collapse_change=0.25)
+                        collapse_change=0.25, collapse_steps=3)
     refiner, _, log = run_gan(tmp_path, "a.pt", config=config, with_reader=False)
     last = log[-1]
-    assert last["phase"] == "collapsed" and last["refiner_regularization"] > 0.25 and len(log) < 34
-    assert all(row["phase"] != "collapsed" and row.get("refiner_regularization", 0) <= 0.25 for row in log[:-1])
-    assert last["restored_step"] == (last["step"] - 1) // 2 * 2  # the last checkpoint before the collapse
+    assert last["phase"] == "collapsed" and len(log) < 34
+    assert all(row["refiner_regularization"] > 0.25 for row in log[-3:])  # three steps in a row
+    assert log[-4].get("refiner_regularization", 0) <= 0.25 and all(row["phase"] != "collapsed" for row in log[:-1])
+    first_over = log[-3]["step"]
+    assert last["restored_step"] == (first_over - 1) // 2 * 2  # the last checkpoint before the run of steps
     before, _, _ = run_gan(tmp_path, "b.pt", config=replace(config, steps=last["restored_step"] - 4),
                            with_reader=False)
     assert states_equal(refiner.state_dict(), before.state_dict())
     _, _, unguarded = run_gan(tmp_path, "c.pt", config=replace(config, collapse_change=0.0), with_reader=False)
     assert len(unguarded) == 34 and unguarded[-1]["refiner_regularization"] > 0.25
+
+
+def test_train_gan_a_spike_shorter_than_collapse_steps_passes(tmp_path):
+    """The same collapsing run with collapse_steps longer than any run of steps above the threshold: no stop."""
+    config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
+                        collapse_change=0.25, collapse_steps=3)
+    _, _, unguarded = run_gan(tmp_path, "u.pt", config=replace(config, collapse_change=0.0), with_reader=False)
+    over = [row.get("refiner_regularization", 0) > 0.25 for row in unguarded]
+    longest = max(len(run) for run in "".join("x" if flag else " " for flag in over).split())
+    _, _, log = run_gan(tmp_path, "p.pt", config=replace(config, collapse_steps=longest + 1), with_reader=False)
+    assert len(log) == 34 and all(row["phase"] != "collapsed" for row in log)
 
 
 def test_train_gan_strong_self_regularization_keeps_refiner_near_identity(tmp_path):

@@ -206,8 +206,9 @@ class GanConfig:
     history_size: int = bounded(2560, 0)  # refined images kept for the discriminator (half of each fake batch)
     holdout: int = bounded(500, 0)  # real pool images kept out of training, to judge the discriminator in refine
     checkpoint_every: int = bounded(100, 1)
-    collapse_change: float = bounded(0.25, 0.0, 1.0)  # a refiner step changing pixels by more on average has
-    #                                                   collapsed: stop, keep the last checkpoint's (0: never stop)
+    collapse_change: float = bounded(0.1, 0.0, 1.0)  # refiner steps changing pixels by more on average ...
+    collapse_steps: int = bounded(10, 1)  # ... this many in a row have collapsed: stop, keep the last checkpoint's
+    #                                       from before they began (collapse_change 0: never stop)
     seed: int = bounded(0, 0)
 
 

@@ -387,10 +387,12 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     Discriminator loss: real patches -> real; refined patches (half fresh, half from the history) -> refined.
     Returns a log row per step (both losses, each term, and D's accuracy on real and on refined patches).
 
-    A refiner step whose mean |R(x) - x| exceeds gan.collapse_change has collapsed: it rewrites the images
-    (all ink, say) instead of refining them; most such runs stay collapsed, though a single spike can pass (one
-    HackMIT run came back from 0.35). Training stops there, that row's phase says "collapsed", and the refiner
-    and discriminator go back to the last checkpoint's (``restored_step``).
+    A refiner whose mean |R(x) - x| stays above gan.collapse_change for gan.collapse_steps steps in a row has
+    collapsed: it rewrites the images (all ink, say) instead of refining them (Kaggle's CTC run: 0.002 to 0.17 in
+    one step, and there it stayed while the reader's loss on its images went from 0.03 to 8.6). A shorter spike
+    passes (one HackMIT run came back from 0.35). Training stops there, that row's phase says "collapsed", and
+    the refiner and discriminator go back to the last checkpoint's from before the run of steps began
+    (``restored_step``).
     """
     generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
@@ -462,6 +464,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     pretraining = config.pretrain_refiner_steps + config.pretrain_discriminator_steps
     total = pretraining + config.steps
     kept_step, kept = first_step, _copy_state(refiner, discriminator)  # what a collapse goes back to
+    over = 0  # steps in a row above collapse_change
     for step in progress(range(first_step, total), initial=first_step, total=total, desc="train-gan", unit="step"):
         row: dict = {"step": step + 1}
         if step < config.pretrain_refiner_steps:
@@ -475,8 +478,9 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             for _ in range(config.discriminator_updates):
                 row.update(discriminator_step())
         row["history_size"] = history.size
-        collapsed = bool(config.collapse_change) and distributed.any_rank(
-            row.get("refiner_regularization", 0.0) > config.collapse_change)
+        over = over + 1 if config.collapse_change and distributed.any_rank(
+            row.get("refiner_regularization", 0.0) > config.collapse_change) else 0
+        collapsed = over >= config.collapse_steps
         if collapsed:
             row.update(phase="collapsed", restored_step=kept_step)
         log.append(row)
@@ -485,7 +489,8 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             discriminator.load_state_dict(kept[1])
             break
         if (step + 1) % config.checkpoint_every == 0:
-            kept_step, kept = step + 1, _copy_state(refiner, discriminator)
+            if not over:  # not a refiner in the middle of a jump
+                kept_step, kept = step + 1, _copy_state(refiner, discriminator)
             if step + 1 < total:
                 save_checkpoint(checkpoint, {"run": run, "step": step + 1, "log": log, **snapshot(parts)})
     return log
