@@ -387,3 +387,16 @@ def test_checkpoints_of_another_pool_are_not_resumed(data, tmp_path, monkeypatch
     _, log = run((synthetic, labels, pool[::-1].copy()), tmp_path)
     assert [name for name, _ in saves] == ["round-1.pt", "round-2.pt"]  # both rounds trained anew
     assert [row["pseudo_labels"] for row in log] == [15, 30]
+
+
+@pytest.mark.parametrize("kept_count, real_share, synthetic_share", [(30, 0.2, 0.5), (5, 0.5, 0.5), (0, 0.5, 0.25)])
+def test_a_round_draws_its_share_of_the_synthetic_set(kept_count, real_share, synthetic_share):
+    kept = np.arange(kept_count) * 2
+    synthetic_rows, real_rows = training.round_rows(100, kept, real_share, np.random.default_rng(0), synthetic_share)
+    size = round(100 * synthetic_share) + kept_count
+    real_count = max(kept_count, round(real_share * size)) if kept_count else 0
+    assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
+    assert len(np.unique(synthetic_rows)) == len(synthetic_rows) and synthetic_rows.max() < 100
+    assert np.all(np.diff(synthetic_rows) > 0)
+    other = training.round_rows(100, kept, real_share, np.random.default_rng(1), synthetic_share)[0]
+    assert not np.array_equal(other, synthetic_rows)  # each round draws its own synthetic images

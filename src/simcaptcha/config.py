@@ -162,7 +162,7 @@ class ClassifierConfig:
     head: Literal["positions", "ctc"] = "positions"  # per-position heads (fixed length) or CTC (variable length)
     channels: list[int] = bounded([16, 32, 64, 96], 1, 1024, items=4)  # conv widths of the 4 blocks
     dropout: float = bounded(0.2, 0.0, 0.9)
-    epochs: int = bounded(4, 1)
+    epochs: int = bounded(8, 1)
     batch_size: int = bounded(64, 1)
     learning_rate: float = bounded(2e-3, 0.0)
     weight_decay: float = bounded(1e-4, 0.0)
@@ -176,11 +176,13 @@ class ClassifierConfig:
 @dataclass(frozen=True)
 class SelfTrainConfig:
     start: Literal["synthetic", "refined"] = "synthetic"  # the reader that labels the pool first, and its data
-    rounds: int = bounded(8, 0)  # label the pool, keep the confident share, train on it with the synthetic set
+    rounds: int = bounded(12, 0)  # label the pool, keep the confident share, train on it with the synthetic set
     keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
     epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
     real_share: float = bounded(0.5, 0.0, 1.0)  # least share of a round's images that are pseudo-labelled: a small
     #                                             pool is repeated in place of synthetic images
+    synthetic_share: float = bounded(1.0, 0.0, 1.0)  # share of the synthetic set drawn anew for each round: smaller
+    #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
     balance_classes: bool = True  # the site draws characters uniformly: even out how often each is read

@@ -287,7 +287,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         kept = np.sort(np.asarray(order[:int(round(share * len(pool)))], dtype=np.int64))
         changed = [previous[row] != texts[row] for row in kept if row in previous]
         synthetic_rows, real_rows = round_rows(len(synthetic), kept, config.real_share,
-                                               np.random.default_rng(reader_config.seed + round_index))
+                                               np.random.default_rng(reader_config.seed + round_index),
+                                               config.synthetic_share)
         images = np.concatenate([synthetic[synthetic_rows], pool[real_rows]])
         labels = [synthetic_labels[row] for row in synthetic_rows] + [texts[row] for row in real_rows]
         round_config = replace(reader_config, epochs=config.epochs, learning_rate=config.learning_rate,
@@ -307,18 +308,20 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     return log
 
 
-def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One self-training round's images: the synthetic set and the kept pool images, at least ``real_share`` real.
+def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float, rng: np.random.Generator,
+               synthetic_share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One self-training round's images: ``synthetic_share`` of the synthetic set (drawn at random) and the kept
+    pool images, at least ``real_share`` of them real.
 
     A small pool (Kaggle's 1,040 beside 20,000 synthetic) would otherwise be a few percent of what the reader
     sees and barely move it. Its images are then repeated (each repeat augmented differently) in place of
     randomly dropped synthetic ones, so the round keeps its size and time. Returns sorted synthetic rows and
     pool rows (repeats included).
     """
+    drawn = int(round(synthetic_share * synthetic_count))
     if not len(kept):
-        return np.arange(synthetic_count, dtype=np.int64), np.empty(0, dtype=np.int64)
-    size = synthetic_count + len(kept)
+        return np.sort(rng.choice(synthetic_count, drawn, replace=False)).astype(np.int64), np.empty(0, np.int64)
+    size = drawn + len(kept)
     real_count = max(len(kept), int(round(real_share * size)))  # real_share <= 1: never more than the round
     repeats, remainder = divmod(real_count, len(kept))
     real_rows = np.sort(np.concatenate([np.tile(kept, repeats), rng.choice(kept, remainder, replace=False)]))
