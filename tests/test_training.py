@@ -672,6 +672,19 @@ def test_train_gan_a_spike_shorter_than_collapse_steps_passes(tmp_path):
     assert len(log) == 34 and all(row["phase"] != "collapsed" for row in log)
 
 
+def test_train_gan_writes_no_checkpoint_in_the_middle_of_a_jump(tmp_path, monkeypatch):
+    # a checkpoint written mid-jump would resume with the count of steps above the threshold back at 0, so a
+    # killed run could pass a jump that the uninterrupted run stopped at
+    config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
+                        collapse_change=0.25, collapse_steps=50)
+    saves = record_saves(monkeypatch)
+    _, _, log = run_gan(tmp_path, "j.pt", config=config, with_reader=False)
+    over = {row["step"] for row in log if row.get("refiner_regularization", 0) > 0.25}
+    boundaries = {row["step"] for row in log if row["step"] % config.checkpoint_every == 0 and row["step"] < len(log)}
+    assert over & boundaries  # the run does jump across a checkpoint step
+    assert {state["step"] for state in saves} == boundaries - over
+
+
 def test_train_gan_strong_self_regularization_keeps_refiner_near_identity(tmp_path):
     synthetic, _, _ = gan_data()
     deviation = {}

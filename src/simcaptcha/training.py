@@ -395,7 +395,8 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     one step, and there it stayed while the reader's loss on its images went from 0.03 to 8.6). A shorter spike
     passes (one HackMIT run came back from 0.35). Training stops there, that row's phase says "collapsed", and
     the refiner and discriminator go back to the last checkpoint's from before the run of steps began
-    (``restored_step``).
+    (``restored_step``). No checkpoint is written during such a run of steps, so a killed run resumes from
+    before it and counts it again, as the uninterrupted run did.
     """
     generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
@@ -491,9 +492,8 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             refiner.load_state_dict(kept[0])
             discriminator.load_state_dict(kept[1])
             break
-        if (step + 1) % config.checkpoint_every == 0:
-            if not over:  # not a refiner in the middle of a jump
-                kept_step, kept = step + 1, _copy_state(refiner, discriminator)
+        if (step + 1) % config.checkpoint_every == 0 and not over:  # never a refiner in the middle of a jump: a
+            kept_step, kept = step + 1, _copy_state(refiner, discriminator)  # resumed run counts its steps from 0
             if step + 1 < total:
                 save_checkpoint(checkpoint, {"run": run, "step": step + 1, "log": log, **snapshot(parts)})
     return log
