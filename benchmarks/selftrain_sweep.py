@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from simcaptcha.cli import _deep_merge
 from simcaptcha.machine import available_cores
 from simcaptcha.store import write_csv
 
@@ -60,12 +61,10 @@ def run_variant(clone: Path, label: str, overrides: dict, core: int, scratch: Pa
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
     params = yaml.safe_load((work / "params.yaml").read_text())
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    for key, value in overrides.items():  # selftrain.rounds=16 -> {"selftrain": {"rounds": 16}}
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        params = _deep_merge(params, value)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(clone_env(clone), OMP_NUM_THREADS="1")
     stages = [["train_classifier.py", "synthetic"]] if any(k.startswith("classifier.") for k in overrides) else []

@@ -643,10 +643,15 @@ def test_train_gan_ignores_checkpoint_made_with_another_reader(tmp_path, monkeyp
     assert states_equal(other.state_dict(), fresh.state_dict())
 
 
+def jumping_gan_config(**changes) -> GanConfig:
+    """Unregularised at a high learning rate the refiner jumps to near-constant images (as it did once on
+    Kaggle), in runs of steps above collapse_change 0.25."""
+    return gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
+                      collapse_change=0.25, **changes)
+
+
 def test_train_gan_stops_at_a_collapse_and_keeps_the_last_checkpoints_refiner(tmp_path):
-    # unregularised at a high learning rate the refiner jumps to near-constant images (as it did once on Kaggle)
-    config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
-                        collapse_change=0.25, collapse_steps=3)
+    config = jumping_gan_config(collapse_steps=3)
     refiner, _, log = run_gan(tmp_path, "a.pt", config=config, with_reader=False)
     last = log[-1]
     assert last["phase"] == "collapsed" and len(log) < 34
@@ -663,8 +668,7 @@ def test_train_gan_stops_at_a_collapse_and_keeps_the_last_checkpoints_refiner(tm
 
 def test_train_gan_a_spike_shorter_than_collapse_steps_passes(tmp_path):
     """The same collapsing run with collapse_steps longer than any run of steps above the threshold: no stop."""
-    config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
-                        collapse_change=0.25, collapse_steps=3)
+    config = jumping_gan_config(collapse_steps=3)
     _, _, unguarded = run_gan(tmp_path, "u.pt", config=replace(config, collapse_change=0.0), with_reader=False)
     over = [row.get("refiner_regularization", 0) > 0.25 for row in unguarded]
     longest = max(len(run) for run in "".join("x" if flag else " " for flag in over).split())
@@ -675,8 +679,7 @@ def test_train_gan_a_spike_shorter_than_collapse_steps_passes(tmp_path):
 def test_train_gan_writes_no_checkpoint_in_the_middle_of_a_jump(tmp_path, monkeypatch):
     # a checkpoint written mid-jump would resume with the count of steps above the threshold back at 0, so a
     # killed run could pass a jump that the uninterrupted run stopped at
-    config = gan_config(steps=30, self_regularization=0.0, consistency=0.0, refiner_learning_rate=0.1,
-                        collapse_change=0.25, collapse_steps=50)
+    config = jumping_gan_config(collapse_steps=50)
     saves = record_saves(monkeypatch)
     _, _, log = run_gan(tmp_path, "j.pt", config=config, with_reader=False)
     over = {row["step"] for row in log if row.get("refiner_regularization", 0) > 0.25}
