@@ -185,7 +185,7 @@ class SelfTrainConfig:
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
-    balance_classes: bool = True  # the site draws characters uniformly: even out how often each is read
+    balance_classes: bool = True  # raise the characters the reader under-reads toward an equal share
 
 
 # ---------------------------------------------------------------- train-gan

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -94,16 +93,21 @@ def read_images(model: Reader, coder: LabelCoder, images: np.ndarray, batch_size
 
 
 def balancing_offsets(logits: torch.Tensor, blank: bool, iterations: int = 100) -> torch.Tensor:
-    """Per-class log-score offsets under which every character takes an equal share of the pool's readings.
+    """Per-class log-score offsets that raise the characters the pool's readings under-read.
 
-    Captcha sites draw characters uniformly, but a reader trained on fonts does not read them so: it favours
-    the characters whose fonts look most like the site's (HackMIT: 'm' read 3 times as often as 'e' or 'l').
-    Added to the scores, the offsets move the least sure readings of the over-read characters to their
-    runner-up (class-balanced self-training, Zou et al. 2018). ``blank``: class 0 is CTC's blank, left alone.
+    A reader trained on fonts favours the characters whose fonts look most like the site's and under-reads the
+    others (HackMIT: 'e' read as 'o', '4' as 'w'). Each character's target is its own soft share of the
+    readings, raised to an equal share where it is below, the whole renormalised; added to the scores, the
+    offsets move the least sure readings of the over-read characters to their runner-up, the under-read one
+    (class-balanced self-training, Zou et al. 2018). Over-read characters give up only in proportion to that:
+    a site may draw some characters more often (Kaggle's 'n', 1.9 times), and holding every character to an
+    equal share relabelled that surplus as its runner-up. ``blank``: class 0 is CTC's blank, left alone.
     """
     first = 1 if blank else 0
     offsets = torch.zeros(logits.shape[-1])
-    target = math.log(1.0 / (logits.shape[-1] - first))
+    shares = logits.softmax(-1)[..., first:].sum((0, 1))
+    target = torch.clamp(shares / shares.sum(), min=1.0 / (logits.shape[-1] - first))
+    target = (target / target.sum()).log()
     for _ in range(iterations):  # damped fixed point on the soft class shares
         mass = (logits + offsets).softmax(-1)[..., first:].sum((0, 1))
         offsets[first:] += 0.5 * (target - (mass / mass.sum()).log())
@@ -267,8 +271,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     pseudo-labelled ones repeated where they are less than ``config.real_share`` of the round (``round_rows``;
     augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
     labels anchored; the held-out synthetic share is still the only validation. With
-    ``config.balance_classes`` each round's readings are first evened out across the characters
-    (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
+    ``config.balance_classes`` each round's under-read characters are first raised toward an equal
+    share (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
     [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
     """
