@@ -348,8 +348,12 @@ def test_the_saved_reader_reads_the_pool_balanced(data, biased_weights, tmp_path
     before = training.read_logits(model, pool)
     balanced: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, offsets) of every balancing_offsets call
     real_offsets = training.balancing_offsets
-    monkeypatch.setattr(training, "balancing_offsets",
-                        lambda logits, blank: balanced.append((logits, real_offsets(logits, blank))) or balanced[-1][1])
+
+    def recorded_offsets(logits: torch.Tensor, blank: bool) -> torch.Tensor:
+        balanced.append((logits, real_offsets(logits, blank)))
+        return balanced[-1][1]
+
+    monkeypatch.setattr(training, "balancing_offsets", recorded_offsets)
     run(data, tmp_path, selftrain_config(rounds=1, learning_rate=0.0), model=model)
     last_logits, last_offsets = balanced[-1]  # the pool read after the last round
     torch.testing.assert_close(training.read_logits(model, pool), last_logits + last_offsets, atol=1e-4, rtol=0)

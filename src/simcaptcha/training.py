@@ -271,8 +271,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     pseudo-labelled ones repeated where they are less than ``config.real_share`` of the round (``round_rows``;
     augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
     labels anchored; the held-out synthetic share is still the only validation. With
-    ``config.balance_classes`` each round's under-read characters are first raised toward an equal
-    share (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
+    ``config.balance_classes`` each round's under-read characters are first raised toward an equal share
+    (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
     [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
     """
