@@ -167,7 +167,7 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
     training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
     calls = spy_on_rounds(monkeypatch, pool)
-    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_classes=False)
+    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_classes=False, max_repeats=2)
     classifier = reader_config(seed=5)
     _, log = run(data, tmp_path, config, model=model, classifier=classifier)
     assert len(calls) == 3
@@ -177,9 +177,10 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
         kept = np.sort(np.argsort(-confidences, kind="stable")[:round(row["kept_share"] * POOL)])
         assert len(kept) == row["pseudo_labels"] == [12, 18, 24][index]
         # the synthetic set and the kept pool images with their readings, every kept image at least once; the kept
-        # images (12, 18, 24 beside 40) are repeated in place of synthetic ones until they are real_share of it
+        # images (12, 18, 24 beside 40) are repeated in place of synthetic ones until they are real_share of it,
+        # each at most max_repeats times (round 1: 24 of them, not 26)
         size = SYNTHETIC + len(kept)
-        real_count = round(config.real_share * size)
+        real_count = min(round(config.real_share * size), config.max_repeats * len(kept))
         assert len(call["images"]) == size and call["synthetic_count"] == size - real_count
         synthetic_rows = [row_of(synthetic, image) for image in call["images"][:size - real_count]]
         assert len(set(synthetic_rows)) == len(synthetic_rows)
@@ -218,6 +219,17 @@ def test_a_small_pool_is_repeated_in_place_of_synthetic_images(kept_count, real_
     again = training.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
     np.testing.assert_array_equal(again[0], synthetic_rows)
     np.testing.assert_array_equal(again[1], real_rows)
+
+
+@pytest.mark.parametrize("kept_count, max_repeats", [(5, 3), (7, 1), (30, 8)])
+def test_a_pool_image_is_repeated_at_most_max_repeats_times(kept_count, max_repeats):
+    kept = np.arange(kept_count) * 2
+    synthetic_rows, real_rows = training.round_rows(100, kept, 0.5, np.random.default_rng(0), 1.0, max_repeats)
+    size = 100 + kept_count
+    real_count = min(round(0.5 * size), max_repeats * kept_count)  # (5, 3): 15 of them, not 52
+    assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
+    assert set(np.unique(real_rows)) == set(kept) and np.bincount(real_rows)[kept].max() <= max_repeats
+    assert len(np.unique(synthetic_rows)) == len(synthetic_rows) and synthetic_rows.max() < 100
 
 
 @pytest.mark.parametrize("kept_count", [0, 30, 100])
@@ -342,26 +354,25 @@ def test_balanced_rounds_train_on_the_balanced_readings(data, biased_weights, tm
     assert balanced_b > 3 * raw_b, (raw_b, balanced_b)
 
 
-def test_the_saved_reader_reads_the_pool_balanced(data, biased_weights, tmp_path, monkeypatch):
+def test_only_the_start_readers_readings_are_balanced(data, biased_weights, tmp_path, monkeypatch):
+    """The font-trained start reader's bias is corrected in round 1; later rounds, and the saved reader, read
+    the pool as they are (re-balancing a self-trained reader's readings cost Kaggle 0.6 points per character)."""
     pool = data[2]
-    model = biased_reader(biased_weights)
-    before = training.read_logits(model, pool)
-    balanced: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, offsets) of every balancing_offsets call
+    balanced: list[torch.Tensor] = []  # the logits of every balancing_offsets call
     real_offsets = training.balancing_offsets
 
     def recorded_offsets(logits: torch.Tensor, blank: bool) -> torch.Tensor:
-        balanced.append((logits, real_offsets(logits, blank)))
-        return balanced[-1][1]
+        balanced.append(logits)
+        return real_offsets(logits, blank)
 
     monkeypatch.setattr(training, "balancing_offsets", recorded_offsets)
-    run(data, tmp_path, selftrain_config(rounds=1, learning_rate=0.0), model=model)
-    last_logits, last_offsets = balanced[-1]  # the pool read after the last round
-    torch.testing.assert_close(training.read_logits(model, pool), last_logits + last_offsets, atol=1e-4, rtol=0)
-    assert (last_logits + last_offsets).softmax(-1).mean((0, 1))[1] > before.softmax(-1).mean((0, 1))[1] + 0.1
-    unbalanced = biased_reader(biased_weights)
-    run(data, tmp_path / "off", selftrain_config(rounds=1, learning_rate=0.0, balance_classes=False),
-        model=unbalanced)
-    assert training.read_logits(unbalanced, pool).softmax(-1).mean((0, 1))[0] > 0.7
+    model = biased_reader(biased_weights)
+    before, bias = training.read_logits(model, pool), model.head.bias.detach().clone()
+    _, log = run(data, tmp_path, selftrain_config(rounds=3, learning_rate=0.0), model=model)
+    assert len(balanced) == 1
+    torch.testing.assert_close(balanced[0], before)
+    assert log[0]["class_offset_range"] > 0 and [row["class_offset_range"] for row in log[1:]] == [0.0, 0.0]
+    assert torch.equal(model.head.bias, bias)  # learning rate 0: nothing was folded into the saved bias
 
 
 # ---------------------------------------------------------------- weights

@@ -180,12 +180,14 @@ class SelfTrainConfig:
     keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
     epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
     real_share: float = bounded(0.5, 0.0, 1.0)  # least share of a round's images that are pseudo-labelled: a small
-    #                                             pool is repeated in place of synthetic images
+    #                                             pool is repeated in place of synthetic images ...
+    max_repeats: int = bounded(8, 1)  # ... but each at most this often: a reader that sees its own readings of a
+    #                                   few hundred images dozens of times a round learns their errors too
     synthetic_share: float = bounded(1.0, 0.0, 1.0)  # share of the synthetic set drawn anew for each round: smaller
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
-    balance_classes: bool = True  # raise the characters the reader under-reads toward an equal share
+    balance_classes: bool = True  # round 1: raise the characters the start reader under-reads toward an equal share
 
 
 # ---------------------------------------------------------------- train-gan

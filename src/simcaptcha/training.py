@@ -271,8 +271,9 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     pseudo-labelled ones repeated where they are less than ``config.real_share`` of the round (``round_rows``;
     augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
     labels anchored; the held-out synthetic share is still the only validation. With
-    ``config.balance_classes`` each round's under-read characters are first raised toward an equal share
-    (``balancing_offsets``), and the last offsets are folded into the output bias. A killed run resumes: every
+    ``config.balance_classes`` the first round's readings, the font-trained start reader's, have their
+    under-read characters raised toward an equal share (``balancing_offsets``); later rounds' readers have
+    learnt the site's own glyphs and their readings are taken as they are. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
     [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
     """
@@ -284,7 +285,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         low, high = config.keep
         share = low + (high - low) * round_index / max(config.rounds - 1, 1)
         logits = read_logits(model, pool, device=device)
-        offsets = balancing_offsets(logits, coder.head == "ctc") if config.balance_classes else None
+        balance = config.balance_classes and round_index == 0  # the start reader's font bias only
+        offsets = balancing_offsets(logits, coder.head == "ctc") if balance else None
         texts, confidences = coder.decode(logits if offsets is None else logits + offsets)
         valid = np.asarray([low_length <= len(text) <= high_length for text in texts])  # CTC may read too few or many
         order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
@@ -292,7 +294,7 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         changed = [previous[row] != texts[row] for row in kept if row in previous]
         synthetic_rows, real_rows = round_rows(len(synthetic), kept, config.real_share,
                                                np.random.default_rng(reader_config.seed + round_index),
-                                               config.synthetic_share)
+                                               config.synthetic_share, config.max_repeats)
         images = np.concatenate([synthetic[synthetic_rows], pool[real_rows]])
         labels = [synthetic_labels[row] for row in synthetic_rows] + [texts[row] for row in real_rows]
         round_config = replace(reader_config, epochs=config.epochs, learning_rate=config.learning_rate,
@@ -305,28 +307,27 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
                     "class_offset_range": 0.0 if offsets is None else round(float(np.ptp(offsets.numpy())), 4),
                     **{key: value for key, value in history[-1].items() if key != "epoch"}})
         previous = {row: texts[row] for row in kept}
-    if config.balance_classes and config.rounds:  # the saved reader reads the site balanced too
-        offsets = balancing_offsets(read_logits(model, pool, device=device), coder.head == "ctc")
-        with torch.no_grad():
-            model.head.bias += offsets.to(device).repeat(model.head.bias.numel() // len(offsets))
     return log
 
 
 def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float, rng: np.random.Generator,
-               synthetic_share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               synthetic_share: float = 1.0, max_repeats: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One self-training round's images: ``synthetic_share`` of the synthetic set (drawn at random) and the kept
-    pool images, at least ``real_share`` of them real.
+    pool images, at least ``real_share`` of them real, each pool image at most ``max_repeats`` times.
 
     A small pool (Kaggle's 1,040 beside 20,000 synthetic) would otherwise be a few percent of what the reader
     sees and barely move it. Its images are then repeated (each repeat augmented differently) in place of
-    randomly dropped synthetic ones, so the round keeps its size and time. Returns sorted synthetic rows and
-    pool rows (repeats included).
+    randomly dropped synthetic ones, so the round keeps its size and time; but a reader that sees its own
+    readings of the same few hundred images dozens of times learns their errors too. Returns sorted synthetic
+    rows and pool rows (repeats included).
     """
     drawn = int(round(synthetic_share * synthetic_count))
     if not len(kept):
         return np.sort(rng.choice(synthetic_count, drawn, replace=False)).astype(np.int64), np.empty(0, np.int64)
     size = drawn + len(kept)
     real_count = max(len(kept), int(round(real_share * size)))  # real_share <= 1: never more than the round
+    if max_repeats is not None:
+        real_count = min(real_count, max_repeats * len(kept))
     repeats, remainder = divmod(real_count, len(kept))
     real_rows = np.sort(np.concatenate([np.tile(kept, repeats), rng.choice(kept, remainder, replace=False)]))
     synthetic_rows = np.sort(rng.choice(synthetic_count, size - real_count, replace=False))
