@@ -10,11 +10,12 @@ import torch
 
 from simcaptcha.config import load_config
 from simcaptcha.errors import SimcaptchaError, run_main
+from simcaptcha.metrics import accuracy_figures
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import load_reader, save_reader
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, METRICS, MODELS, stage_metrics
 from simcaptcha.store import read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, self_train
+from simcaptcha.training import LabelCoder, pick_device, read_images, self_train
 
 
 def main() -> None:
@@ -23,19 +24,26 @@ def main() -> None:
     with stage_metrics("self-train") as figures:
         model, spec, background = load_reader(MODELS / f"{config.start}.safetensors")
         synthetic = read_image_set(AUGMENTED / "captchas")  # anchors the labels, whichever reader starts
-        pool = read_image_set(BINARIZED / "unlabelled")
+        pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
         keep = np.ones(len(pool), dtype=bool)
         if config.exclude_labelled:
-            keep = ~np.isin(pool.names, read_image_set(BINARIZED / "labelled").names)
+            keep = ~np.isin(pool.names, labelled.names)
         if not keep.any():
             raise SimcaptchaError("params: selftrain.exclude_labelled leaves no unlabelled captcha (the pool is the "
                                   "labelled set); set it to false to read the evaluation images unlabelled")
+        coder = LabelCoder(spec.charset, spec.length, spec.head)
+
+        def labelled_figures(reader) -> dict:
+            """The labelled captchas read after each round, logged only: shows whether later rounds still help."""
+            figures = accuracy_figures(read_images(reader, coder, labelled.images)[0], labelled.labels)
+            return {"labelled_char_accuracy": figures["char_accuracy"],
+                    "labelled_captcha_accuracy": figures["captcha_accuracy"]}
+
         torch.manual_seed(params.classifier.seed)
         checkpoints = CHECKPOINTS / "self-train"
-        log = self_train(model, LabelCoder(spec.charset, spec.length, spec.head), synthetic.images,
-                         synthetic.labels, pool.images[keep], config, params.classifier,
-                         params.training_augment, checkpoints,
-                         pick_device(), site_mask(params), tuple(params.render.length))
+        log = self_train(model, coder, synthetic.images, synthetic.labels, pool.images[keep], config,
+                         params.classifier, params.training_augment, checkpoints, pick_device(), site_mask(params),
+                         tuple(params.render.length), labelled_figures if len(labelled.images) else None)
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round
         figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),

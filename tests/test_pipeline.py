@@ -47,6 +47,10 @@ def test_repro_builds_every_artifact(project):
         assert 0.0 <= figures[reader]["char_accuracy"] <= 1.0
     gan_log = (project / "metrics/train-gan.csv").read_text().splitlines()
     assert len(gan_log) == 1 + 8 and "d_accuracy_real" in gan_log[0]
+    rounds = list(csv.DictReader((project / "metrics/self-train.csv").open()))
+    assert len(rounds) == 2  # the labelled figures after each round; the last round's are evaluate's
+    assert float(rounds[-1]["labelled_char_accuracy"]) == figures["selftrained"]["char_accuracy"]
+    assert float(rounds[-1]["labelled_captcha_accuracy"]) == figures["selftrained"]["captcha_accuracy"]
     for reader in ("synthetic", "glyphs", "refined"):
         assert (project / f"data/models/{reader}.safetensors").stat().st_size > 0
 

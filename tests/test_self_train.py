@@ -85,11 +85,12 @@ def selftrain_config(**changes) -> SelfTrainConfig:
 
 def run(data, checkpoints: Path, config: SelfTrainConfig | None = None, model: Reader | None = None,
         head: str = "positions", classifier: ClassifierConfig | None = None,
-        lengths: tuple[int, int] | None = None) -> tuple[Reader, list[dict]]:
+        lengths: tuple[int, int] | None = None, after_round=None) -> tuple[Reader, list[dict]]:
     synthetic, labels, pool = data
     model = model or make_reader(head)
     log = self_train(model, LabelCoder("ab", 2, head), synthetic, labels, pool, config or selftrain_config(),
-                     classifier or reader_config(head=head), None, checkpoints, CPU, lengths=lengths)
+                     classifier or reader_config(head=head), None, checkpoints, CPU, lengths=lengths,
+                     after_round=after_round)
     return model, log
 
 
@@ -373,6 +374,21 @@ def test_only_the_start_readers_readings_are_balanced(data, biased_weights, tmp_
     torch.testing.assert_close(balanced[0], before)
     assert log[0]["class_offset_range"] > 0 and [row["class_offset_range"] for row in log[1:]] == [0.0, 0.0]
     assert torch.equal(model.head.bias, bias)  # learning rate 0: nothing was folded into the saved bias
+
+
+def test_after_round_figures_join_each_rounds_log_row(data, tmp_path):
+    pool_labels = render(POOL, seed=1)[1]
+    seen: list[dict] = []
+
+    def pool_figures(reader: Reader) -> dict:
+        texts = training.read_images(reader, LabelCoder("ab", 2, "positions"), data[2])[0]
+        seen.append({"pool_right": sum(text == label for text, label in zip(texts, pool_labels))})
+        return seen[-1]
+
+    model, log = run(data, tmp_path, selftrain_config(rounds=2), after_round=pool_figures)
+    assert [row["pool_right"] for row in log] == [row["pool_right"] for row in seen] and len(seen) == 2
+    texts = training.read_images(model, LabelCoder("ab", 2, "positions"), data[2])[0]
+    assert log[-1]["pool_right"] == sum(text == label for text, label in zip(texts, pool_labels))
 
 
 # ---------------------------------------------------------------- weights

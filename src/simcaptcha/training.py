@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -263,7 +264,8 @@ def validation_figures(predicted: list[str], truth: list[str]) -> dict:
 def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, synthetic_labels: list[str],
                pool: np.ndarray, config: SelfTrainConfig, reader_config: ClassifierConfig,
                augment: AugmentConfig | None, checkpoints: Path, device: torch.device,
-               mask: np.ndarray | None = None, lengths: tuple[int, int] | None = None) -> list[dict]:
+               mask: np.ndarray | None = None, lengths: tuple[int, int] | None = None,
+               after_round: Callable[[Reader], dict] | None = None) -> list[dict]:
     """Teach ``model`` the real images without a single label: pseudo-labelling in rounds (noisy student).
 
     Each round reads the unlabelled pool with the current model, keeps its most confident share (growing from
@@ -276,6 +278,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     learnt the site's own glyphs and their readings are taken as they are. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
     [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
+    ``after_round``: figures added to each round's log row, read from the round's reader (the stage's labelled
+    figures: how the reader moves, never fed back).
     """
     low_length, high_length = lengths or (1, coder.length)
     model.to(device, memory_format=torch.channels_last)
@@ -305,7 +309,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
                     "lowest_kept_confidence": round(min((confidences[row] for row in kept), default=0.0), 5),
                     "relabelled_share": round(float(np.mean(changed)), 5) if changed else 0.0,
                     "class_offset_range": 0.0 if offsets is None else round(float(np.ptp(offsets.numpy())), 4),
-                    **{key: value for key, value in history[-1].items() if key != "epoch"}})
+                    **{key: value for key, value in history[-1].items() if key != "epoch"},
+                    **(after_round(model) if after_round else {})})
         previous = {row: texts[row] for row in kept}
     return log
 
