@@ -32,10 +32,12 @@ def main() -> None:
             raise SimcaptchaError("params: selftrain.exclude_labelled leaves no unlabelled captcha (the pool is the "
                                   "labelled set); set it to false to read the evaluation images unlabelled")
         coder = LabelCoder(spec.charset, spec.length, spec.head)
+        held_out = ~np.isin(labelled.names, spec.trained_on_real)  # as evaluate: real labels trained on never judge
+        truth = [label for label, kept in zip(labelled.labels, held_out) if kept]
 
         def labelled_figures(reader) -> dict:
             """The labelled captchas read after each round, logged only: shows whether later rounds still help."""
-            figures = accuracy_figures(read_images(reader, coder, labelled.images)[0], labelled.labels)
+            figures = accuracy_figures(read_images(reader, coder, labelled.images[held_out])[0], truth)
             return {"labelled_char_accuracy": figures["char_accuracy"],
                     "labelled_captcha_accuracy": figures["captcha_accuracy"]}
 
@@ -43,7 +45,7 @@ def main() -> None:
         checkpoints = CHECKPOINTS / "self-train"
         log = self_train(model, coder, synthetic.images, synthetic.labels, pool.images[keep], config,
                          params.classifier, params.training_augment, checkpoints, pick_device(), site_mask(params),
-                         tuple(params.render.length), labelled_figures if len(labelled.images) else None)
+                         tuple(params.render.length), labelled_figures if truth else None)
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round
         figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),

@@ -124,13 +124,18 @@ def test_label_budget_point_refuses_bad_arguments(project, arguments, expected):
 
 def test_real_labels_used_in_training_are_not_evaluated(project):
     """Last in this module: it runs the stages that read classifier.real_labels directly, not through dvc (the
-    self-train, GAN and label-budget stages dvc would also rerun do not decide what evaluate skips)."""
+    GAN and label-budget stages dvc would also rerun do not decide what evaluate skips). Self-train's per-round
+    labelled figures skip the same captchas."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["classifier"]["real_labels"] = 10
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in (["train_classifier.py", "synthetic"], ["train_classifier.py", "refined"], ["evaluate.py"]):
+    for stage in (["train_classifier.py", "synthetic"], ["train_classifier.py", "refined"], ["self_train.py"],
+                  ["evaluate.py"]):
         _run([sys.executable, f"stages/{stage[0]}", *stage[1:]], project)
     figures = json.loads((project / "metrics/evaluate.json").read_text())
-    for reader in ("refined", "synthetic"):
+    for reader in ("refined", "synthetic", "selftrained"):
         assert figures[reader]["real_labels_used"] == 10 and figures[reader]["count"] == 50
+    last_round = list(csv.DictReader((project / "metrics/self-train.csv").open()))[-1]
+    assert float(last_round["labelled_char_accuracy"]) == figures["selftrained"]["char_accuracy"]
+    assert float(last_round["labelled_captcha_accuracy"]) == figures["selftrained"]["captcha_accuracy"]
     assert figures["letters"]["real_labels_used"] == 0 and figures["letters"]["count"] == 60
