@@ -175,6 +175,20 @@ def test_longer_labels_use_more_width():
     assert np.mean([extent(i) for i in long]) > 3 * np.mean([extent(i) for i in short])
 
 
+def test_glyph_width_narrows_each_character_by_its_own_factor():
+    def ink_width(glyph_width):
+        renderer = make_renderer(length=[1, 1], rotation=[0.0, 0.0], font_size=[30, 30], stroke_width=[0, 0],
+                                 charset="m", glyph_width=glyph_width)
+        widths = [1 + np.ptp(np.flatnonzero((renderer.captcha(np.random.default_rng(seed))[0] > 127).any(axis=0)))
+                  for seed in range(30)]
+        return np.array(widths)
+
+    plain, narrow, spread = ink_width([1.0, 1.0]), ink_width([0.5, 0.5]), ink_width([0.5, 1.0])
+    assert len(set(plain.tolist())) == 1  # the same m every time
+    assert np.all(np.abs(narrow - plain / 2) <= 1)
+    assert narrow.min() - 1 <= spread.min() < spread.max() <= plain.max() and len(set(spread.tolist())) > 3
+
+
 def test_intensities():
     renderer = make_renderer(text_intensity=[128, 128], background_intensity=[30, 30], mask=line_mask(50, 100))
     images, _ = render_set(renderer, "captcha", 20, workers=1)

@@ -93,6 +93,8 @@ class RenderConfig:
     font_size: list[int] = bounded([26, 34], 4, 512)  # em size in pixels, min, max
     stroke_width: list[int] = bounded([0, 1], 0, 8)  # extra outline, pixels
     rotation: list[float] = bounded([-30.0, 30.0], -180, 180)  # degrees per character
+    glyph_width: list[float] = bounded([1.0, 1.0], 0.2, 5.0)  # each character's width times a factor from this
+    #                                                            range: a face narrower or wider than the fonts'
     spacing: list[int] = bounded([-2, 8], -64, 256)  # pixels between neighbouring characters (negative overlaps)
     y_offset: list[int] = bounded([-8, 8], -256, 256)  # pixels per character from the vertical centre
     placement: Literal["pool", "spacing"] = "pool"  # pool: text spans the columns the pool's text spans (estimate

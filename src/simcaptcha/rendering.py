@@ -81,9 +81,19 @@ def glyph_centre(path: str, size: int, stroke: int, char: str) -> float:
     return (top + bottom) / 2
 
 
-def rotated_glyph(path: str, size: int, stroke: int, char: str, angle: float) -> np.ndarray:
-    """Glyph rotated about its centre (counter-clockwise degrees), canvas expanded to fit."""
+@lru_cache(maxsize=200_000)
+def stretched_glyph(path: str, size: int, stroke: int, char: str, width_factor: float) -> Image.Image:
+    """The glyph's bitmap with its width times ``width_factor`` (a condensed or wide cut of the face)."""
     bitmap = glyph_bitmap(path, size, stroke, char)
+    if width_factor == 1.0:
+        return bitmap
+    return bitmap.resize((max(1, round(bitmap.width * width_factor)), bitmap.height), Image.BILINEAR)
+
+
+def rotated_glyph(path: str, size: int, stroke: int, char: str, angle: float, width_factor: float = 1.0) -> np.ndarray:
+    """Glyph, its width times ``width_factor``, rotated about its centre (counter-clockwise degrees), canvas
+    expanded to fit."""
+    bitmap = stretched_glyph(path, size, stroke, char, width_factor)
     if abs(angle) > 0.5:
         bitmap = bitmap.rotate(angle, resample=Image.BILINEAR, expand=True)
     return np.asarray(bitmap)
@@ -172,7 +182,8 @@ class Renderer:
         size = _uniform_int(rng, style.size)
         stroke = _uniform_int(rng, style.stroke)
         intensity = _uniform_int(rng, config.text_intensity)
-        glyphs = [rotated_glyph(style.path, size, stroke, char, float(rng.uniform(*config.rotation))) for char in text]
+        glyphs = [rotated_glyph(style.path, size, stroke, char, float(rng.uniform(*config.rotation)),
+                                self._width_factor(rng)) for char in text]
         left, gaps = self._gaps(rng, text, [glyph.shape[1] for glyph in glyphs], width, spacing)
         centres = [glyph_centre(style.path, size, stroke, char) for char in text]
         middle = (min(centres) + max(centres)) / 2
@@ -189,6 +200,14 @@ class Renderer:
         if intensity != 255:
             ink = (ink.astype(np.uint16) * intensity // 255).astype(np.uint8)
         return ink
+
+    def _width_factor(self, rng: np.random.Generator) -> float:
+        """One character's width factor from render.glyph_width, in steps of 0.05 so stretched glyphs are cached
+        (none is drawn at the default [1, 1], which leaves the random stream as it was)."""
+        low, high = self.config.glyph_width
+        if low == high == 1.0:
+            return 1.0
+        return round(float(rng.uniform(low, high)) * 20) / 20
 
     def _draw_line(self, rng: np.random.Generator, ink: np.ndarray) -> None:
         """A stroke at random heights (a site's random line) from the left half to the right half, or across the
