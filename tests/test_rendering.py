@@ -179,9 +179,8 @@ def test_glyph_width_narrows_each_character_by_its_own_factor():
     def ink_width(glyph_width):
         renderer = make_renderer(length=[1, 1], rotation=[0.0, 0.0], font_size=[30, 30], stroke_width=[0, 0],
                                  charset="m", glyph_width=glyph_width)
-        widths = [1 + np.ptp(np.flatnonzero((renderer.captcha(np.random.default_rng(seed))[0] > 127).any(axis=0)))
-                  for seed in range(30)]
-        return np.array(widths)
+        spans = [text_columns(renderer.captcha(np.random.default_rng(seed))[0] > 127) for seed in range(30)]
+        return np.array([last - first + 1 for first, last in spans])
 
     plain, narrow, spread = ink_width([1.0, 1.0]), ink_width([0.5, 0.5]), ink_width([0.5, 1.0])
     assert len(set(plain.tolist())) == 1  # the same m every time
