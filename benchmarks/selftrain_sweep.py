@@ -30,7 +30,7 @@ from ablation import EVALUATE_READER  # benchmarks/ is on sys.path when run as a
 from run_target import clone_env
 
 ROOT = Path.cwd()
-INPUTS = ["params.yaml", "data/binarized/labelled", "data/binarized/unlabelled", "data/augmented/captchas",
+INPUTS = ["params.yaml", "data/binarized/labelled", "data/binarized/unlabelled", "data/augmented/anchors",
           "data/models", "data/mask"]
 
 

@@ -18,9 +18,9 @@ def main() -> None:
     params = load_config()
     config = params.augment
     with stage_metrics("augment") as figures:
-        for offset, kind in enumerate(("captchas", "glyphs")):
+        for offset, kind in enumerate(("captchas", "glyphs", "anchors")):
             synthetic = read_image_set(SYNTHETIC / kind)
-            mask = site_mask(params) if kind == "captchas" else None  # a glyph's slice of the mask has no fixed place
+            mask = None if kind == "glyphs" else site_mask(params)  # a glyph's slice of the mask has no fixed place
             if config.enabled:
                 images, source_index = augment_images(synthetic.images, config, config.seed + offset, mask)
             else:

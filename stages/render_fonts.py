@@ -1,6 +1,7 @@
 """DVC stage render-fonts: labelled synthetic captchas and single glyphs drawn from the font pool, with the mask."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -31,20 +32,25 @@ def main() -> None:
     styles = font_styles(config, site)
     mask = site_mask(params)
     mask = np.zeros((height, width), dtype=bool) if mask is None else mask
-    renderer = Renderer(config, height, width, styles, mask, **pool_placement(site, config))
+    placement = pool_placement(site, config)
+    renderer = Renderer(config, height, width, styles, mask, **placement)
+    # self-training's anchor set: the same captchas' stream with each character narrowed by its own factor
+    anchor_renderer = Renderer(replace(config, glyph_width=config.anchor_glyph_width), height, width, styles, mask,
+                               **placement)
     with stage_metrics("render-fonts") as figures:
         figures["fonts"] = [f"{font_id(style.path)} {style.size[0]}-{style.size[1]}px +{style.stroke[0]}"
                             for style in styles]
-        for kind, count in (("captcha", config.count), ("glyph", config.glyph_count)):
+        for name, kind, set_renderer, count in (("captchas", "captcha", renderer, config.count),
+                                                ("glyphs", "glyph", renderer, config.glyph_count),
+                                                ("anchors", "captcha", anchor_renderer, config.count)):
             start = time.perf_counter()
-            images, labels = render_set(renderer, kind, count, config.workers)
+            images, labels = render_set(set_renderer, kind, count, config.workers)
             seconds = time.perf_counter() - start
-            names = [f"{kind}-{index:06d}" for index in range(count)]
+            names = [f"{name[:-1]}-{index:06d}" for index in range(count)]
             manifest = pd.DataFrame({"name": names, "label": labels, "source": "render"})
-            write_image_set(SYNTHETIC / f"{kind}s", images, manifest, config.shard_size)
-            figures[f"{kind}s"] = {"images": count, "per_second": round(count / max(seconds, 1e-9))}
-            save_png(IMAGES / f"render-{kind}s.png", contact_sheet(list(images[:32]), labels[:32], columns=8))
-
+            write_image_set(SYNTHETIC / name, images, manifest, config.shard_size)
+            figures[name] = {"images": count, "per_second": round(count / max(seconds, 1e-9))}
+            save_png(IMAGES / f"render-{name}.png", contact_sheet(list(images[:32]), labels[:32], columns=8))
 
 if __name__ == "__main__":
     run_main(main)

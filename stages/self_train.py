@@ -23,7 +23,7 @@ def main() -> None:
     config = params.selftrain
     with stage_metrics("self-train") as figures:
         model, spec, background = load_reader(MODELS / f"{config.start}.safetensors")
-        synthetic = read_image_set(AUGMENTED / "captchas")  # anchors the labels, whichever reader starts
+        synthetic = read_image_set(AUGMENTED / "anchors")  # anchors the labels, whichever reader starts
         pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
         keep = np.ones(len(pool), dtype=bool)
         if config.exclude_labelled:

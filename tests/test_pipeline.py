@@ -38,7 +38,12 @@ def test_repro_builds_every_artifact(project):
     assert [truth[name] for name in labelled.names] == labelled.labels
     synthetic = read_image_set(project / "data/augmented/captchas")
     assert len(synthetic) == 120 and synthetic.images.shape[1:] == (50, 100)
-    for picture in ("binarize-before-after", "mask", "render-captchas", "augment-captchas", "gan-samples",
+    anchors = read_image_set(project / "data/augmented/anchors")  # what self-training keeps learning from
+    assert len(anchors) == 120 and anchors.images.shape[1:] == (50, 100)
+    rendered, narrowed = (read_image_set(project / f"data/synthetic/{name}") for name in ("captchas", "anchors"))
+    assert (narrowed.images > 0).mean() < 0.9 * (rendered.images > 0).mean()  # anchor_glyph_width [0.5, 1]: less ink
+    for picture in ("binarize-before-after", "mask", "render-captchas", "render-anchors", "augment-anchors",
+                    "augment-captchas", "gan-samples",
                     "refine-before-after", "worst-errors"):
         assert (project / "metrics/images" / f"{picture}.png").stat().st_size > 0
     figures = json.loads((project / "metrics/evaluate.json").read_text())
@@ -71,6 +76,17 @@ def test_refine_param_reruns_only_refine_and_downstream(project):
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran - {"label-budget"} == DOWNSTREAM_OF_REFINE  # the grid's report reruns if a point's figures changed
     assert [path.stat().st_mtime_ns for path in upstream] == before
+
+
+def test_anchor_glyph_width_reruns_only_the_anchor_set_and_self_training(project):
+    """The anchor set is rendered and augmented beside the captchas; those come out byte for byte the same, so no
+    reader but the self-trained one retrains."""
+    readers = [project / f"data/models/{name}.safetensors" for name in ("synthetic", "glyphs", "gan", "refined")]
+    before = [path.stat().st_mtime_ns for path in readers]
+    output = _run(["dvc", "exp", "run", "-S", "render.anchor_glyph_width=[0.6,1.0]"], project)
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {"render-fonts", "augment", "self-train", "evaluate"}
+    assert [path.stat().st_mtime_ns for path in readers] == before
 
 
 def test_label_budget_grid(project):

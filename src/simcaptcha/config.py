@@ -95,6 +95,9 @@ class RenderConfig:
     rotation: list[float] = bounded([-30.0, 30.0], -180, 180)  # degrees per character
     glyph_width: list[float] = bounded([1.0, 1.0], 0.2, 5.0)  # each character's width times a factor from this
     #                                                            range: a face narrower or wider than the fonts'
+    anchor_glyph_width: list[float] = bounded([0.5, 1.0], 0.2, 5.0)  # glyph_width of the anchor set (render.count
+    #                                    more captchas) self-training keeps learning from: narrowed characters stop
+    #                                    the reader telling a site's narrow m from n by the fonts' widths
     spacing: list[int] = bounded([-2, 8], -64, 256)  # pixels between neighbouring characters (negative overlaps)
     y_offset: list[int] = bounded([-8, 8], -256, 256)  # pixels per character from the vertical centre
     placement: Literal["pool", "spacing"] = "pool"  # pool: text spans the columns the pool's text spans (estimate
