@@ -52,5 +52,6 @@ def main() -> None:
             figures[name] = {"images": count, "per_second": round(count / max(seconds, 1e-9))}
             save_png(IMAGES / f"render-{name}.png", contact_sheet(list(images[:32]), labels[:32], columns=8))
 
+
 if __name__ == "__main__":
     run_main(main)
