@@ -17,10 +17,11 @@ from simcaptcha.store import read_image_set, write_image_set
 def main() -> None:
     params = load_config()
     config = params.augment
+    site = site_mask(params)
     with stage_metrics("augment") as figures:
         for offset, kind in enumerate(("captchas", "glyphs", "anchors")):
             synthetic = read_image_set(SYNTHETIC / kind)
-            mask = None if kind == "glyphs" else site_mask(params)  # a glyph's slice of the mask has no fixed place
+            mask = None if kind == "glyphs" else site  # a glyph's slice of the mask has no fixed place
             if config.enabled:
                 images, source_index = augment_images(synthetic.images, config, config.seed + offset, mask)
             else:

@@ -23,7 +23,7 @@ def main() -> None:
     config = params.selftrain
     with stage_metrics("self-train") as figures:
         model, spec, background = load_reader(MODELS / f"{config.start}.safetensors")
-        synthetic = read_image_set(AUGMENTED / "anchors")  # anchors the labels, whichever reader starts
+        anchors = read_image_set(AUGMENTED / "anchors")  # hold the pseudo-labels in place, whichever reader starts
         pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
         keep = np.ones(len(pool), dtype=bool)
         if config.exclude_labelled:
@@ -43,7 +43,7 @@ def main() -> None:
 
         torch.manual_seed(params.classifier.seed)
         checkpoints = CHECKPOINTS / "self-train"
-        log = self_train(model, coder, synthetic.images, synthetic.labels, pool.images[keep], config,
+        log = self_train(model, coder, anchors.images, anchors.labels, pool.images[keep], config,
                          params.classifier, params.training_augment, checkpoints, pick_device(), site_mask(params),
                          tuple(params.render.length), labelled_figures if truth else None)
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
