@@ -18,7 +18,7 @@ from simcaptcha.training import LabelCoder, read_images
 
 from conftest import SAMPLES, TOOLS_ENV, _run, tiny_project
 
-DOWNSTREAM_OF_REFINE = {"refine", "train-classifier@refined", "evaluate",
+DOWNSTREAM_OF_REFINE = {"refine", "train-classifier@refined", "self-train", "evaluate",
                         # the label-budget points that start from the refined reader; the others do not use it
                         "label-budget-refined@0-0", "label-budget-refined@4-0"}
 
@@ -68,9 +68,10 @@ def test_second_repro_does_nothing(project):
 
 def test_refine_param_reruns_only_refine_and_downstream(project):
     """refine.threshold 0.99 blanks the refined images (ink comes out of the refiner at about 0.98), so everything
-    that reads them reruns; nothing upstream does, nor the readers beside the refined one."""
+    that reads them reruns, self-training too (it starts from the refined reader); nothing upstream does, nor the
+    synthetic reader."""
     upstream = [project / "data/binarized/unlabelled/shard-00000.npz", project / "data/models/gan.safetensors",
-                project / "data/models/synthetic.safetensors", project / "data/models/selftrained.safetensors"]
+                project / "data/models/synthetic.safetensors"]
     before = [path.stat().st_mtime_ns for path in upstream]
     output = _run(["dvc", "exp", "run", "-S", "refine.threshold=0.99"], project)
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}

@@ -180,7 +180,7 @@ class ClassifierConfig:
 # ---------------------------------------------------------------- self-train
 @dataclass(frozen=True)
 class SelfTrainConfig:
-    start: Literal["synthetic", "refined"] = "synthetic"  # the reader that labels the pool first, and its data
+    start: Literal["synthetic", "refined"] = "refined"  # the reader that labels the pool first, and its data
     rounds: int = bounded(12, 0)  # label the pool, keep the confident share, train on it with the synthetic set
     keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
     epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
