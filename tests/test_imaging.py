@@ -310,6 +310,18 @@ def test_otsu_on_blank_image_gives_no_text():
     assert out.dtype == np.uint8 and not out.any()
 
 
+def test_otsu_scale_opens_a_blurred_gap():
+    """An i's dot joined to its stem by half-lit pixels (JPEG blur) comes apart when Otsu's level is raised."""
+    scores = np.random.default_rng(0).uniform(0.0, 0.3, (1, 20, 10)).astype(np.float32)  # background
+    scores[0, 2:4, 4:6] = 1.0  # the dot
+    scores[0, 5:18, 4:6] = 1.0  # the stem
+    scores[0, 4, 4:6] = 0.6  # the blurred gap: above Otsu's level (0.3), below 2.5 times it
+    plain = imaging.threshold_scores(scores, BinarizeConfig(method="otsu"))
+    raised = imaging.threshold_scores(scores, BinarizeConfig(method="otsu", otsu_scale=2.5))
+    assert plain[0, 4, 4] == 255 and raised[0, 4, 4] == 0
+    assert raised[0, 2, 4] == raised[0, 10, 4] == 255
+
+
 def test_binarize_batches_give_the_same_result():
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (7, 12, 16, 3), dtype=np.uint8)

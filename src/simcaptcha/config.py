@@ -69,6 +69,8 @@ class BinarizeConfig:
     polarity: Literal["auto", "light", "dark"] = "auto"  # text colour in the source; output text is always 255
     method: Literal["otsu", "fixed", "sauvola", "none"] = "otsu"
     threshold: float = bounded(0.5, 0.0, 1.0)  # for method "fixed", on the 0..1 foreground score
+    otsu_scale: float = bounded(1.0, 0.25, 4.0)  # method "otsu": Otsu's level times this; above 1 thins strokes
+    #                                             and opens gaps that blur closed (the dot of a JPEG's i)
     sauvola_window: int = bounded(15, 3)
     sample_sheet: int = bounded(32, 1)  # images in the before/after contact sheet
     shard_size: int = bounded(10000, 1)

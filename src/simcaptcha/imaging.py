@@ -132,6 +132,7 @@ def threshold_scores(scores: np.ndarray, config: BinarizeConfig) -> np.ndarray:
         return np.clip(scores * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if config.method == "otsu":
         levels, spans = _batch_otsu(scores, OTSU_BINS)
+        levels *= config.otsu_scale
         levels[spans < 1e-6] = 1.0  # a blank image has no two classes for Otsu: it stays blank
         return np.multiply(scores > levels.reshape((-1,) + (1,) * (scores.ndim - 1)), 255, dtype=np.uint8)
     out = np.empty(scores.shape, dtype=np.uint8)
