@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -202,6 +203,19 @@ def test_preprocessing_comes_from_the_model_file(tmp_path, spec, weights, backgr
         expected = imaging.threshold_scores(imaging.foreground_score(rgb, stored, spec.binarize, spec.polarity),
                                             spec.binarize)
         assert np.array_equal(images, expected)
+
+
+def test_the_raised_otsu_level_comes_from_the_model_file(tmp_path, spec, weights, background, challenge):
+    names, blobs, rgb = challenge[0][:32], challenge[1][:32], challenge[2][:32]
+    thin = dataclasses.replace(spec, binarize=dataclasses.replace(spec.binarize, otsu_scale=1.25))
+    save_reader(tmp_path / "plain.safetensors", weights, spec, background)
+    save_reader(tmp_path / "thin.safetensors", weights, thin, background)
+    plain = Predictor(tmp_path / "plain.safetensors").preprocess(blobs, names)
+    thinned = Predictor(tmp_path / "thin.safetensors").preprocess(blobs, names)
+    assert thinned.sum() < plain.sum() and not (thinned & ~plain).any()  # fewer ink pixels, none new
+    expected = imaging.threshold_scores(imaging.foreground_score(rgb, background, thin.binarize, thin.polarity),
+                                        thin.binarize)
+    assert np.array_equal(thinned, expected)
 
 
 def test_images_are_fitted_to_the_model_size(tmp_path):
