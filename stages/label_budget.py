@@ -44,9 +44,9 @@ def main(argv: list[str]) -> None:
         spec = ReaderSpec(render.charset, render.length[1], params.classifier.head, tuple(params.classifier.channels),
                           *labelled.images.shape[1:3], params.binarize, polarity)
         torch.manual_seed(seed)  # the initial weights come from the point's seed
-        model = spec.build()
+        model = spec.build(params.classifier.dropout)
     else:
-        model, spec, _ = load_reader(MODELS / f"{mode}.safetensors")
+        model, spec, _ = load_reader(MODELS / f"{mode}.safetensors", params.classifier.dropout)
     coder = LabelCoder(spec.charset, spec.length, spec.head)
     model.to(device)
     if size:  # at N = 0 nothing trains, so the synthetic set is not read

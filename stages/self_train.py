@@ -22,7 +22,7 @@ def main() -> None:
     params = load_config()
     config = params.selftrain
     with stage_metrics("self-train") as figures:
-        model, spec, background = load_reader(MODELS / f"{config.start}.safetensors")
+        model, spec, background = load_reader(MODELS / f"{config.start}.safetensors", params.classifier.dropout)
         anchors = read_image_set(AUGMENTED / "anchors")  # hold the pseudo-labels in place, whichever reader starts
         pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
         keep = np.ones(len(pool), dtype=bool)

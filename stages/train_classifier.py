@@ -52,7 +52,7 @@ def main(name: str) -> None:
         spec = ReaderSpec(render.charset, length, head, tuple(config.channels), images.shape[1], images.shape[2],
                           params.binarize, polarity, tuple(real_names))
         torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
-        model = spec.build()
+        model = spec.build(config.dropout)
         checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
         log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
                            params.training_augment, checkpoint, pick_device(),

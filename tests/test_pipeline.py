@@ -127,6 +127,21 @@ def test_label_budget_new_size_runs_only_its_points(project):
     assert json.loads((project / "data/label-budget/real-8-0.json").read_text())["real_labels_used"] == 8
 
 
+def test_classifier_dropout_reaches_the_readers_that_train(tmp_path):
+    """classifier.dropout changes what the reader stages train, the self-trained reader's too (it goes on training
+    a loaded reader); it had been ignored, every reader trained with the network's default."""
+    project = tiny_project(tmp_path / "project")
+    models = [project / f"data/models/{name}.safetensors" for name in ("synthetic", "selftrained")]
+    before = [path.read_bytes() for path in models]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["classifier"]["dropout"] = 0.9
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "stages/train_classifier.py", "synthetic"], project)
+    assert models[0].read_bytes() != before[0]
+    _run([sys.executable, "stages/self_train.py"], project)  # from the refined reader, which has not changed
+    assert models[1].read_bytes() != before[1]
+
+
 @pytest.mark.parametrize("arguments, expected", [
     (["bogus", "4", "0"], "unknown label-budget mode 'bogus': expected one of real, synthetic, refined"),
     (["refined", "41", "0"], "params: budget.sizes has 41, but only 40 labelled captchas are left beside "

@@ -40,8 +40,9 @@ class ReaderSpec:
     polarity: str
     trained_on_real: tuple[str, ...] = ()  # names of real labelled captchas used in training
 
-    def build(self) -> Reader:
-        return Reader(self.height, self.width, len(self.charset), self.length, self.head, self.channels)
+    def build(self, dropout: float = 0.0) -> Reader:
+        """The network; ``dropout`` acts only while it trains, so the file does not keep it."""
+        return Reader(self.height, self.width, len(self.charset), self.length, self.head, self.channels, dropout)
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -82,8 +83,9 @@ def save_reader(path: str | Path, model: Reader, spec: ReaderSpec, background: n
     _write(Path(path), tensors, metadata)
 
 
-def load_reader(path: str | Path) -> tuple[Reader, ReaderSpec, np.ndarray | None]:
-    """The reader in eval mode, its spec, and the site's background estimate (or None)."""
+def load_reader(path: str | Path, dropout: float = 0.0) -> tuple[Reader, ReaderSpec, np.ndarray | None]:
+    """The reader in eval mode, its spec, and the site's background estimate (or None). ``dropout``: for a
+    reader that trains on (self-train, the label-budget points that start from a reader)."""
     path = Path(path)
     tensors, metadata = _read(path, READER_FORMAT)
     try:
@@ -95,7 +97,7 @@ def load_reader(path: str | Path) -> tuple[Reader, ReaderSpec, np.ndarray | None
     values["trained_on_real"] = tuple(values["trained_on_real"])
     spec = ReaderSpec(**values)
     background = tensors.pop(BACKGROUND_KEY, None)
-    model = spec.build()
+    model = spec.build(dropout)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
