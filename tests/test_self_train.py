@@ -44,11 +44,11 @@ def data() -> tuple[np.ndarray, list[str], np.ndarray]:
 
 
 def make_reader(head: str = "positions", seed: int = 0) -> Reader:
-    """Built as the stage builds it (ReaderSpec, so dropout 0.2), with fixed initial weights."""
+    """Built as the stage builds it (ReaderSpec, at classifier.dropout's default), with fixed initial weights."""
     torch.manual_seed(seed)
     spec = ReaderSpec(charset="ab", length=2, head=head, channels=CHANNELS, height=H, width=W,
                       binarize=BinarizeConfig(size=[H, W]), polarity="light")
-    return spec.build()
+    return spec.build(ClassifierConfig().dropout)
 
 
 @pytest.fixture(scope="module")
