@@ -1,8 +1,11 @@
 """DVC stage self-train: the start reader labels the unlabelled real pool and learns from its own confident readings.
 
 No real label is used: the pseudo-labels are the model's own. The evaluation captchas are kept out of the pool
-(selftrain.exclude_labelled) so their figures stay held out.
+(selftrain.exclude_labelled) so their figures stay held out. With selftrain.student_channels a fresh, wider
+reader then learns the self-trained reader's readings of the pool and is saved in its place (noisy student).
 """
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +18,7 @@ from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import load_reader, save_reader
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, METRICS, MODELS, stage_metrics
 from simcaptcha.store import read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, read_images, self_train
+from simcaptcha.training import LabelCoder, pick_device, read_images, self_train, train_student
 
 
 def main() -> None:
@@ -42,15 +45,25 @@ def main() -> None:
                     "labelled_captcha_accuracy": figures["captcha_accuracy"]}
 
         torch.manual_seed(params.classifier.seed)
-        checkpoints = CHECKPOINTS / "self-train"
+        checkpoints, mask, device = CHECKPOINTS / "self-train", site_mask(params), pick_device()
         log = self_train(model, coder, anchors.images, anchors.labels, pool.images[keep], config,
-                         params.classifier, params.training_augment, checkpoints, pick_device(), site_mask(params),
+                         params.classifier, params.training_augment, checkpoints, device, mask,
                          tuple(params.render.length), labelled_figures if truth else None)
-        save_reader(MODELS / "selftrained.safetensors", model, spec, background)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round
         figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),
                        real_labels_used=len(spec.trained_on_real))
-    for path in sorted(checkpoints.glob("round-*.pt")):
+        if config.student_channels:  # the answer is then a fresh, wider reader taught by the self-trained one
+            torch.manual_seed(params.classifier.seed)
+            spec = replace(spec, channels=tuple(config.student_channels))
+            student = spec.build(params.classifier.dropout)
+            history = train_student(student, model, coder, anchors.images, anchors.labels, pool.images[keep],
+                                    config, params.classifier, params.training_augment, checkpoints / "student.pt",
+                                    device, mask, tuple(params.render.length))
+            student_figures = {**history[-1], **(labelled_figures(student) if truth else {})}
+            figures.update({f"student_{key}": value for key, value in student_figures.items()})
+            model = student
+        save_reader(MODELS / "selftrained.safetensors", model, spec, background)
+    for path in sorted(checkpoints.glob("*.pt")):
         path.unlink()
 
 

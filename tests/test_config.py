@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simcaptcha.config import (AugmentConfig, BinarizeConfig, Config, MaskConfig, RenderConfig, load_config,
-                               parse_section)
+from simcaptcha.config import (AugmentConfig, BinarizeConfig, Config, MaskConfig, RenderConfig, SelfTrainConfig,
+                               load_config, parse_section)
 from simcaptcha.errors import SimcaptchaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,3 +222,9 @@ def test_nan_is_rejected_for_bounded_numbers(tmp_path):
         assert "mask.threshold" in str(error)
     else:
         pytest.fail(f"mask.threshold = {config.mask.threshold} was accepted")
+
+
+def test_a_student_needs_four_conv_widths():
+    with pytest.raises(SimcaptchaError, match=r"selftrain.student_channels must list 4 conv widths"):
+        parse_section(SelfTrainConfig, {"student_channels": [32, 64]}, "selftrain")
+    assert parse_section(SelfTrainConfig, {}, "selftrain").student_channels == []

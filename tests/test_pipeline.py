@@ -142,6 +142,23 @@ def test_classifier_dropout_reaches_the_readers_that_train(tmp_path):
     assert models[1].read_bytes() != before[1]
 
 
+def test_the_student_is_saved_as_the_self_trained_reader(tmp_path):
+    """selftrain.student_channels: a fresh reader of those widths learns the self-trained reader's readings and
+    is the file evaluate and predict load; its figures join self-train.json, and no checkpoint is left behind."""
+    project = tiny_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["selftrain"].update(student_channels=[4, 8, 8, 16], student_epochs=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "stages/self_train.py"], project)
+    _, spec, _ = load_reader(project / "data/models/selftrained.safetensors")
+    assert spec.channels == (4, 8, 8, 16)
+    figures = json.loads((project / "metrics/self-train.json").read_text())
+    assert figures["student_epoch"] == 2 and 0 <= figures["student_labelled_char_accuracy"] <= 1
+    assert figures["round"] == 2 and "labelled_char_accuracy" in figures  # the teacher's last round stays
+    assert (project / ".cache/checkpoints/self-train").is_dir()
+    assert not list((project / ".cache/checkpoints/self-train").glob("*.pt"))
+
+
 @pytest.mark.parametrize("arguments, expected", [
     (["bogus", "4", "0"], "unknown label-budget mode 'bogus': expected one of real, synthetic, refined"),
     (["refined", "41", "0"], "params: budget.sizes has 41, but only 40 labelled captchas are left beside "

@@ -467,3 +467,49 @@ def test_a_round_draws_its_share_of_the_synthetic_set(kept_count, real_share, sy
     assert np.all(np.diff(synthetic_rows) > 0)
     other = training.round_rows(100, kept, real_share, np.random.default_rng(1), synthetic_share)[0]
     assert not np.array_equal(other, synthetic_rows)  # each round draws its own synthetic images
+
+
+def test_the_student_learns_the_teachers_readings_of_the_whole_pool(data, tmp_path, monkeypatch):
+    synthetic, labels, pool = data
+    teacher = make_reader()  # a teacher that has seen the synthetic set, so its readings differ per image
+    training.train_reader(teacher, LabelCoder("ab", 2, "positions"), synthetic, labels,
+                          reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
+    readings = training.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
+    calls = spy_on_rounds(monkeypatch, pool)
+    config = selftrain_config(student_channels=[4, 8, 8, 16], student_epochs=2, student_synthetic_share=0.5)
+    student = Reader(H, W, 2, 2, channels=(4, 8, 8, 16))
+    before = weights(student)
+    log = training.train_student(student, teacher, LabelCoder("ab", 2, "positions"), synthetic, labels, pool, config,
+                                 reader_config(seed=3), None, tmp_path / "student.pt", CPU)
+    assert len(calls) == 1 and len(log) == 2  # one row per student epoch
+    call = calls[0]
+    # half the synthetic set, and every pool image once (the pool, 30, is already real_share of 50) with its reading
+    assert call["synthetic_count"] == SYNTHETIC // 2 and len(call["images"]) == SYNTHETIC // 2 + POOL
+    pool_rows = [row_of(pool, image) for image in call["images"][SYNTHETIC // 2:]]
+    assert sorted(pool_rows) == list(range(POOL))
+    assert call["labels"][SYNTHETIC // 2:] == [readings[row] for row in pool_rows]
+    synthetic_rows = [row_of(synthetic, image) for image in call["images"][:SYNTHETIC // 2]]
+    assert call["labels"][:SYNTHETIC // 2] == [labels[row] for row in synthetic_rows]
+    assert call["config"].channels == [4, 8, 8, 16] and call["config"].epochs == 2 and call["config"].seed == 3
+    assert call["checkpoint"] == tmp_path / "student.pt"
+    assert not states_equal(before, weights(student))  # the student trained, the teacher did not
+    assert readings == training.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
+
+
+def test_the_student_never_learns_a_reading_of_another_length_than_the_sites(data, tmp_path, monkeypatch):
+    synthetic, labels, pool = data
+    teacher = make_reader("ctc", seed=1)
+    with torch.no_grad():  # a reader that has not learnt the length yet: its readings are 1 to 6 characters long
+        teacher.head.weight.normal_(0.0, 5.0)
+        teacher.head.bias.zero_()
+        teacher.head.bias[0] = -100.0
+    readings = training.read_images(teacher, LabelCoder("ab", 2, "ctc"), pool)[0]
+    assert 0 < sum(len(text) == 2 for text in readings) < POOL  # the precondition of this test
+    calls = spy_on_rounds(monkeypatch, pool)
+    config = selftrain_config(student_channels=list(CHANNELS), student_epochs=1, student_synthetic_share=1.0)
+    training.train_student(make_reader("ctc"), teacher, LabelCoder("ab", 2, "ctc"), synthetic, labels, pool, config,
+                           reader_config(head="ctc"), None, tmp_path / "student.pt", CPU, lengths=(2, 2))
+    first = calls[0]["synthetic_count"]
+    pool_rows = {row_of(pool, image) for image in calls[0]["images"][first:]}
+    assert pool_rows == {row for row, text in enumerate(readings) if len(text) == 2}
+    assert all(len(label) == 2 for label in calls[0]["labels"][first:])

@@ -195,6 +195,15 @@ class SelfTrainConfig:
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
     balance_classes: bool = True  # round 1: raise the characters the start reader under-reads toward an equal share
+    student_channels: list[int] = bounded([], 1, 1024)  # a fresh reader this wide learns the last round's readings
+    #                                                    (noisy student) and is the answer; [] : no student
+    student_epochs: int = bounded(6, 1)
+    student_synthetic_share: float = bounded(0.5, 0.0, 1.0)  # share of the synthetic set beside the pool readings
+
+    def __post_init__(self) -> None:
+        if self.student_channels and len(self.student_channels) != 4:
+            raise SimcaptchaError(f"params: selftrain.student_channels must list 4 conv widths (or none), got "
+                                  f"{self.student_channels!r}")
 
 
 # ---------------------------------------------------------------- train-gan
