@@ -44,7 +44,8 @@ def main() -> None:
     labelled = read_image_set(BINARIZED / "labelled")
     with stage_metrics("evaluate") as figures:
         for name in READERS:
-            texts, confidences, trained_on = read_with(name, labelled.images, params.render.length[1], config.batch_size)
+            texts, confidences, trained_on = read_with(name, labelled.images, params.render.length[1],
+                                                       config.batch_size)
             keep = ~np.isin(labelled.names, trained_on)
             truth = [label for label, kept in zip(labelled.labels, keep) if kept]
             predicted = [text for text, kept in zip(texts, keep) if kept]

@@ -1,7 +1,8 @@
 """DVC stage train-classifier@NAME: a reader trained on synthetic (NAME=synthetic), refined (refined) or
 single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas when allowed.
 
-Runs as one process (dvc repro) or as several under torchrun: torchrun --nproc_per_node N stages/train_classifier.py NAME
+Runs as one process (dvc repro) or as several under torchrun:
+    torchrun --nproc_per_node N stages/train_classifier.py NAME
 """
 
 import sys

@@ -31,7 +31,8 @@ def summarize(directory: Path, config: BudgetConfig) -> tuple[pd.DataFrame, dict
                        for seed in config.seeds]
             char = [result["char_accuracy"] for result in results]
             whole = [result["captcha_accuracy"] for result in results]
-            row[f"char {title}"], row[f"whole {title}"] = round(float(np.mean(char)), 5), round(float(np.mean(whole)), 5)
+            row[f"char {title}"] = round(float(np.mean(char)), 5)
+            row[f"whole {title}"] = round(float(np.mean(whole)), 5)
             points.setdefault(title, {})[str(size)] = {
                 "char_accuracy": row[f"char {title}"], "char_accuracy_std": round(float(np.std(char)), 5),
                 "captcha_accuracy": row[f"whole {title}"], "captcha_accuracy_std": round(float(np.std(whole)), 5),

@@ -63,7 +63,8 @@ class FetchConfig:
 # ---------------------------------------------------------------- binarize
 @dataclass(frozen=True)
 class BinarizeConfig:
-    size: list[int] = bounded([50, 100], 8, 1024, ordered=False)  # height, width of every output image (aspect kept, padded)
+    size: list[int] = bounded([50, 100], 8, 1024, ordered=False)  # height, width of every output image (aspect
+    #                                                                kept, padded)
     background: Literal["none", "columns", "rows", "pixels"] = "columns"  # estimated from the pool, subtracted
     gray: Literal["luma", "min", "max"] = "luma"  # channel reduction when background is "none"
     polarity: Literal["auto", "light", "dark"] = "auto"  # text colour in the source; output text is always 255
@@ -91,7 +92,8 @@ class RenderConfig:
     length: list[int] = bounded([4, 4], 1, 64)  # min, max characters per captcha
     count: int = bounded(20000, 1)  # synthetic captchas
     glyph_count: int = bounded(20000, 0)  # single-glyph images (the letters trick)
-    fonts: list[str] = field(default_factory=lambda: ["*"])  # vendored family names; "*" all; "system" adds system fonts
+    fonts: list[str] = field(default_factory=lambda: ["*"])  # vendored family names; "*" all; "system" adds
+    #                                                          system fonts
     font_size: list[int] = bounded([26, 34], 4, 512)  # em size in pixels, min, max
     stroke_width: list[int] = bounded([0, 1], 0, 8)  # extra outline, pixels
     rotation: list[float] = bounded([-30.0, 30.0], -180, 180)  # degrees per character

@@ -11,8 +11,8 @@ def accuracy_figures(predicted: list[str], truth: list[str]) -> dict:
     """Figures for predictions against true labels (same order).
 
     char_accuracy: characters read right in their position, over all true characters (a missing character
-    counts as wrong; an extra one only costs captcha_accuracy). presence_accuracy: captchas whose multiset of characters is right, wherever
-    they stand (what a position-free reader would score).
+    counts as wrong; an extra one only costs captcha_accuracy). presence_accuracy: captchas whose multiset of
+    characters is right, wherever they stand (what a position-free reader would score).
     """
     if not truth:
         return {"count": 0}

@@ -281,7 +281,6 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     ``after_round``: figures added to each round's log row, read from the round's reader (the stage's labelled
     figures: how the reader moves, never fed back).
     """
-    lengths = lengths or (1, coder.length)
     model.to(device, memory_format=torch.channels_last)
     log: list[dict] = []
     previous: dict[int, str] = {}
@@ -292,7 +291,7 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         balance = config.balance_classes and round_index == 0  # the start reader's font bias only
         offsets = balancing_offsets(logits, coder.head == "ctc") if balance else None
         texts, confidences = coder.decode(logits if offsets is None else logits + offsets)
-        valid = of_site_length(texts, lengths)
+        valid = of_site_length(texts, lengths, coder.length)
         order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
         kept = np.sort(np.asarray(order[:int(round(share * len(pool)))], dtype=np.int64))
         changed = [previous[row] != texts[row] for row in kept if row in previous]
@@ -315,10 +314,11 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     return log
 
 
-def of_site_length(texts: list[str], lengths: tuple[int, int]) -> np.ndarray:
-    """Which readings are as long as the site's captchas ([min, max]): a CTC reader may read too few or too many
-    characters, and such a reading is no label."""
-    return np.asarray([lengths[0] <= len(text) <= lengths[1] for text in texts], dtype=bool)
+def of_site_length(texts: list[str], lengths: tuple[int, int] | None, longest: int) -> np.ndarray:
+    """Which readings are as long as the site's captchas ([min, max]; None: 1 to ``longest``, the reader's): a
+    CTC reader may read too few or too many characters, and such a reading is no label."""
+    shortest, longest = lengths or (1, longest)
+    return np.asarray([shortest <= len(text) <= longest for text in texts], dtype=bool)
 
 
 def round_rows(synthetic_count: int, kept: np.ndarray, real_share: float, rng: np.random.Generator,
@@ -355,11 +355,12 @@ def train_student(student: Reader, teacher: Reader, coder: LabelCoder, synthetic
     The self-trained reader has trained on its own readings round after round and keeps their errors; a new
     reader with more capacity, trained from scratch on those readings beside a ``student_synthetic_share`` of the
     synthetic set, under augmentation and dropout, generalises past some of them (Xie et al. 2020; HackMIT's
-    95.3 % per character became 96.1 % with 4 epochs). The mix is drawn as a self-training round draws it (``round_rows``).
+    95.3 % per character became 96.1 % with 4 epochs). The mix is drawn as a self-training round draws it
+    (``round_rows``).
     Trains ``student`` in place; returns its log, one row per epoch.
     """
     texts, _ = read_images(teacher, coder, pool, device=device)
-    kept = np.flatnonzero(of_site_length(texts, lengths or (1, coder.length)))
+    kept = np.flatnonzero(of_site_length(texts, lengths, coder.length))
     synthetic_rows, real_rows = round_rows(len(synthetic), kept, config.real_share,
                                            np.random.default_rng(reader_config.seed + config.rounds + 1),
                                            config.student_synthetic_share, config.max_repeats)
