@@ -392,6 +392,19 @@ def test_after_round_figures_join_each_rounds_log_row(data, tmp_path):
 
 
 # ---------------------------------------------------------------- weights
+def test_a_bfloat16_reader_reads_the_pool_in_bfloat16_each_round(data, tmp_path, monkeypatch):
+    real_read, precisions = training.read_logits, []
+
+    def read(model, images, batch_size=256, device=None, precision="float32"):
+        precisions.append((len(images), precision))
+        return real_read(model, images, batch_size, device, precision)
+
+    monkeypatch.setattr(training, "read_logits", read)
+    _, log = run(data, tmp_path, classifier=reader_config(precision="bfloat16"))
+    assert [entry for entry in precisions if entry[0] == POOL] == [(POOL, "bfloat16")] * 2
+    assert len(log) == 2 and all(np.isfinite(row["train_loss"]) for row in log)
+
+
 def test_zero_rounds_return_nothing_and_leave_the_weights(data, tmp_path):
     model = make_reader()
     before = weights(model)

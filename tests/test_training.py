@@ -362,6 +362,35 @@ def test_train_reader_ctc_head_runs(tmp_path):
     assert 0.0 <= log[-1]["val_char_accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("head", ["positions", "ctc"])
+def test_train_reader_in_bfloat16_learns_deterministically_and_keeps_float32_weights(tmp_path, head):
+    images, labels = make_captchas(96)
+    config = reader_config(epochs=6, precision="bfloat16", head=head)
+    coder = LabelCoder("ab", 2, head)
+    readers, logs = [], []
+    for name in ("a.pt", "b.pt", "float32.pt"):
+        reader = make_reader(seed=11, head=head)
+        logs.append(training.train_reader(reader, coder, images, labels, config if name != "float32.pt" else
+                                          replace(config, precision="float32"), None, tmp_path / name, CPU))
+        readers.append(reader)
+    assert logs[0] == logs[1] and states_equal(readers[0].state_dict(), readers[1].state_dict())
+    assert not states_equal(readers[0].state_dict(), readers[2].state_dict())  # autocast really changed the sums
+    assert all(value.dtype in (torch.float32, torch.int64) for value in readers[0].state_dict().values())
+    assert logs[0][-1]["train_loss"] < logs[0][0]["train_loss"]
+    if head == "positions":
+        assert logs[0][-1]["val_captcha_accuracy"] >= 0.9
+
+
+def test_read_logits_in_bfloat16_agree_with_float32_and_come_back_in_float32():
+    reader = make_reader(seed=4)
+    images, _ = make_captchas(40)
+    exact = training.read_logits(reader, images)
+    rounded = training.read_logits(reader, images, precision="bfloat16")
+    assert rounded.dtype == torch.float32 and rounded.shape == exact.shape
+    assert not torch.equal(rounded, exact)
+    assert torch.allclose(rounded, exact, atol=0.05, rtol=0.05)
+
+
 def test_train_reader_is_deterministic(tmp_path):
     first, log_a = run_reader(tmp_path, "a.pt")
     second, log_b = run_reader(tmp_path, "b.pt")
