@@ -41,7 +41,8 @@ def main() -> None:
         device = pick_device()
         checkpoint = CHECKPOINTS / "train-gan.pt"
         log = train_gan(refiner, discriminator, synthetic.images, synthetic.labels, real,
-                        reader if config.consistency else None, coder, config, checkpoint, device)
+                        reader if config.consistency else None, coder, config, checkpoint, device,
+                        params.classifier.precision)
         if is_main_process():  # under torchrun, one process writes
             save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
             write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step

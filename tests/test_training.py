@@ -537,12 +537,13 @@ GAN_COLUMNS = {"step", "phase", "history_size", "discriminator_loss", "refiner_a
 
 
 def run_gan(tmp_path: Path, name: str = "gan.pt", config: GanConfig | None = None, with_reader: bool = True,
-            ) -> tuple[Refiner, PatchDiscriminator, list[dict]]:
+            reader_precision: str = "float32") -> tuple[Refiner, PatchDiscriminator, list[dict]]:
     synthetic, labels, real = gan_data()
     refiner, discriminator = make_gan()
     reader = make_reader(seed=5) if with_reader else None
     log = training.train_gan(refiner, discriminator, synthetic, labels, real, reader,
-                             LabelCoder("ab", 2, "positions"), config or gan_config(), tmp_path / name, CPU)
+                             LabelCoder("ab", 2, "positions"), config or gan_config(), tmp_path / name, CPU,
+                             reader_precision)
     return refiner, discriminator, log
 
 
@@ -603,6 +604,17 @@ def test_train_gan_is_deterministic(tmp_path):
     assert states_equal(discriminator_a.state_dict(), discriminator_b.state_dict())
     refiner_c, _, _ = run_gan(tmp_path, "c.pt", config=gan_config(seed=1))
     assert not states_equal(refiner_a.state_dict(), refiner_c.state_dict())
+
+
+def test_train_gan_with_a_bfloat16_reader_is_deterministic_and_differs_from_float32(tmp_path):
+    refiner_a, _, log_a = run_gan(tmp_path, "a.pt", reader_precision="bfloat16")
+    refiner_b, _, log_b = run_gan(tmp_path, "b.pt", reader_precision="bfloat16")
+    refiner_c, _, log_c = run_gan(tmp_path, "c.pt")
+    assert log_a == log_b and states_equal(refiner_a.state_dict(), refiner_b.state_dict())
+    consistency = [row["refiner_consistency"] for row in log_a if "refiner_consistency" in row]
+    assert consistency and all(np.isfinite(consistency))
+    assert consistency != [row["refiner_consistency"] for row in log_c if "refiner_consistency" in row]
+    assert all(value.dtype == torch.float32 for value in refiner_a.state_dict().values())
 
 
 def test_train_gan_resumes_after_a_kill(tmp_path, monkeypatch):

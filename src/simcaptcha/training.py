@@ -432,7 +432,7 @@ def _optimizer(parameters, kind: str, learning_rate: float) -> torch.optim.Optim
 
 def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np.ndarray, labels: list[str],
               real: np.ndarray, reader: Reader | None, coder: LabelCoder, config: GanConfig, checkpoint: Path,
-              device: torch.device) -> list[dict]:
+              device: torch.device, reader_precision: str = "float32") -> list[dict]:
     """Train the refiner to fool the patch discriminator while staying close to its input and to its label.
 
     Refiner loss: adversarial + self_regularization * mean|R(x) - x| (per-pixel mean)
@@ -446,7 +446,8 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     passes (one HackMIT run came back from 0.35). Training stops there, that row's phase says "collapsed", and
     the refiner and discriminator go back to the last checkpoint's from before the run of steps began
     (``restored_step``). No checkpoint is written during such a run of steps, so a killed run resumes from
-    before it and counts it again, as the uninterrupted run did.
+    before it and counts it again, as the uninterrupted run did. ``reader_precision`` "bfloat16": the reader's
+    pass in the consistency term under autocast, as it trained (``classifier.precision``).
     """
     generator = torch.Generator().manual_seed(config.seed + process_rank())  # each process its own images
     torch.manual_seed(config.seed)
@@ -484,7 +485,9 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             loss = loss + adversarial
             terms["refiner_adversarial"] = adversarial.item()
         if reader is not None and config.consistency:
-            consistency = coder.loss(reader(refined), *coder.encode(batch_labels, device))
+            with torch.autocast(device.type, torch.bfloat16, enabled=reader_precision == "bfloat16"):
+                scores = reader(refined)
+            consistency = coder.loss(scores, *coder.encode(batch_labels, device))
             loss = loss + config.consistency * consistency
             terms["refiner_consistency"] = consistency.item()
         refiner_optimizer.zero_grad(set_to_none=True)
