@@ -12,18 +12,18 @@ import torch
 from simcaptcha.models import PatchDiscriminator, Reader, Refiner
 from simcaptcha.pipeline import METRICS
 from simcaptcha.store import write_json
-from simcaptcha.training import pick_device
+from simcaptcha.training import pick_device, reader_autocast
 
 
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, steps: int = 8, warmup: int = 3,
-                      bfloat16: bool = False) -> float:
+                      precision: str = "float32") -> float:
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters())
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
         optimizer.zero_grad()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
+        with reader_autocast(batch.device, precision):
             output = model(batch)
         output.float().mean().backward()
         optimizer.step()
@@ -47,7 +47,7 @@ def main() -> None:
         figures[name] = round(images_per_second(model, batch, steps=2 if "paper" in name else 8))
         print(f"{name}: {figures[name]:,} training images/s")
         if name.startswith("reader"):
-            figures[f"{name} bfloat16"] = round(images_per_second(model, batch, bfloat16=True))
+            figures[f"{name} bfloat16"] = round(images_per_second(model, batch, precision="bfloat16"))
             print(f"{name} bfloat16: {figures[f'{name} bfloat16']:,} training images/s")
     write_json(METRICS / "bench-models.json", figures)
 

@@ -684,6 +684,17 @@ def test_train_gan_ignores_checkpoint_made_with_another_reader(tmp_path, monkeyp
     assert states_equal(other.state_dict(), fresh.state_dict())
 
 
+def test_train_gan_ignores_checkpoint_made_in_another_reader_precision(tmp_path, monkeypatch):
+    interrupt_after_first_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_gan(tmp_path, "ck.pt")
+    monkeypatch.undo()
+    fresh_refiner, _, fresh_log = run_gan(tmp_path, "fresh.pt", reader_precision="bfloat16")
+    refiner, _, log = run_gan(tmp_path, "ck.pt", reader_precision="bfloat16")
+    assert log == fresh_log
+    assert states_equal(refiner.state_dict(), fresh_refiner.state_dict())
+
+
 def jumping_gan_config(**changes) -> GanConfig:
     """Unregularised at a high learning rate the refiner jumps to near-constant images (as it did once on
     Kaggle), in runs of steps above collapse_change 0.25."""

@@ -34,6 +34,11 @@ def pick_device() -> torch.device:
     return distributed.join()
 
 
+def reader_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The reader's passes under bfloat16 autocast when ``classifier.precision`` says so (float32: a no-op)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 N×H×W (text 255) -> float N×1×H×W in [0, 1], channels_last."""
     batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(255.0).unsqueeze(1)
@@ -88,7 +93,7 @@ def read_logits(model: Reader, images: np.ndarray, batch_size: int = 256,
     """
     device = device or next(model.parameters()).device
     model.eval()
-    with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16"):
+    with reader_autocast(device, precision):
         return torch.cat([model(to_batch(images[start:start + batch_size], device)).float().cpu()
                           for start in range(0, len(images), batch_size)])
 
@@ -242,7 +247,7 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
                 batch = augment_batch(batch, augment, augment_generator, fixed)
                 batch = batch.contiguous(memory_format=torch.channels_last)
             codes, lengths = coder.encode([labels[row] for row in rows], device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bfloat16"):
+            with reader_autocast(device, config.precision):
                 logits = trainee(batch)
             loss = coder.loss(logits, codes, lengths)
             optimizer.zero_grad(set_to_none=True)
@@ -485,7 +490,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
             loss = loss + adversarial
             terms["refiner_adversarial"] = adversarial.item()
         if reader is not None and config.consistency:
-            with torch.autocast(device.type, torch.bfloat16, enabled=reader_precision == "bfloat16"):
+            with reader_autocast(device, reader_precision):
                 scores = reader(refined)
             consistency = coder.loss(scores, *coder.encode(batch_labels, device))
             loss = loss + config.consistency * consistency
@@ -512,8 +517,8 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
                 "d_accuracy_refined": (fake_logits < 0).float().mean().item()}
 
     reader_weights = [value.cpu().numpy() for value in reader.state_dict().values()] if reader is not None else []
-    run = fingerprint(asdict(config), synthetic[:: max(1, len(synthetic) // 64)], real[:: max(1, len(real) // 64)],
-                      labels, *reader_weights)
+    run = fingerprint(asdict(config), reader_precision, synthetic[:: max(1, len(synthetic) // 64)],
+                      real[:: max(1, len(real) // 64)], labels, *reader_weights)
     parts = {"refiner": refiner, "discriminator": discriminator, "refiner_optimizer": refiner_optimizer,
              "discriminator_optimizer": discriminator_optimizer, "history": history, "generator": generator}
     checkpoint = distributed.rank_path(checkpoint)
