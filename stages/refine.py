@@ -24,8 +24,9 @@ def main() -> None:
         refined = refine_images(refiner, synthetic.images, config.batch_size, device)
         if config.threshold > 0:
             refined = np.where(refined > config.threshold * 255, 255, 0).astype(np.uint8)
-        before, _ = read_images(reader.to(device), coder, synthetic.images, config.batch_size)
-        after, _ = read_images(reader, coder, refined, config.batch_size)
+        precision = params.classifier.precision  # the reader's, as in train-gan's consistency pass
+        before, _ = read_images(reader.to(device), coder, synthetic.images, config.batch_size, precision=precision)
+        after, _ = read_images(reader, coder, refined, config.batch_size, precision=precision)
         flipped = np.array([b != a for b, a in zip(before, after)], dtype=bool)
         keep = ~flipped if config.drop_flipped else np.ones(len(refined), dtype=bool)
         write_image_set(REFINED / "captchas", refined[keep], synthetic.manifest[keep], config.shard_size)

@@ -168,7 +168,7 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
     training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
     calls = spy_on_rounds(monkeypatch, pool)
-    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_classes=False, max_repeats=2)
+    config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_rounds=0, max_repeats=2)
     classifier = reader_config(seed=5)
     _, log = run(data, tmp_path, config, model=model, classifier=classifier)
     assert len(calls) == 3
@@ -355,9 +355,12 @@ def test_balanced_rounds_train_on_the_balanced_readings(data, biased_weights, tm
     assert balanced_b > 3 * raw_b, (raw_b, balanced_b)
 
 
-def test_only_the_start_readers_readings_are_balanced(data, biased_weights, tmp_path, monkeypatch):
-    """The font-trained start reader's bias is corrected in round 1; later rounds, and the saved reader, read
-    the pool as they are (re-balancing a self-trained reader's readings cost Kaggle 0.6 points per character)."""
+@pytest.mark.parametrize("balance_rounds", [1, 2])
+def test_only_the_first_balance_rounds_readings_are_balanced(data, biased_weights, tmp_path, monkeypatch,
+                                                            balance_rounds):
+    """By default the font-trained start reader's bias is corrected in round 1 only; later rounds read the pool
+    as they are (re-balancing a self-trained reader's readings cost Kaggle 0.6 points per character). Nothing is
+    folded into the saved reader."""
     pool = data[2]
     balanced: list[torch.Tensor] = []  # the logits of every balancing_offsets call
     real_offsets = training.balancing_offsets
@@ -369,11 +372,32 @@ def test_only_the_start_readers_readings_are_balanced(data, biased_weights, tmp_
     monkeypatch.setattr(training, "balancing_offsets", recorded_offsets)
     model = biased_reader(biased_weights)
     before, bias = training.read_logits(model, pool), model.head.bias.detach().clone()
-    _, log = run(data, tmp_path, selftrain_config(rounds=3, learning_rate=0.0), model=model)
-    assert len(balanced) == 1
-    torch.testing.assert_close(balanced[0], before)
-    assert log[0]["class_offset_range"] > 0 and [row["class_offset_range"] for row in log[1:]] == [0.0, 0.0]
+    _, log = run(data, tmp_path, selftrain_config(rounds=3, learning_rate=0.0, balance_rounds=balance_rounds),
+                 model=model)
+    assert len(balanced) == balance_rounds
+    torch.testing.assert_close(balanced[0], before)  # the start reader's readings
+    offset_ranges = [row["class_offset_range"] for row in log]
+    assert all(spread > 0 for spread in offset_ranges[:balance_rounds])
+    assert offset_ranges[balance_rounds:] == [0.0] * (3 - balance_rounds)
     assert torch.equal(model.head.bias, bias)  # learning rate 0: nothing was folded into the saved bias
+
+
+def test_each_round_logs_the_character_its_reader_reads_least(data, biased_weights, tmp_path):
+    """Before any balance: the biased start reader reads "b" far under an equal share, and the log says so."""
+    pool = data[2]
+    model = biased_reader(biased_weights)
+    raw = training.read_images(model, LabelCoder("ab", 2, "positions"), pool)[0]
+    b_share = sum(text.count("b") for text in raw) * 2 / (2 * POOL)
+    assert b_share < 0.5
+    _, log = run(data, tmp_path, selftrain_config(rounds=2, learning_rate=0.0), model=model)
+    assert (log[0]["least_read_char"], log[0]["least_read_share"]) == ("b", round(b_share, 4))
+    assert log[1]["least_read_char"] == "b" and log[1]["least_read_share"] < 0.5  # batch norm's statistics moved
+
+
+@pytest.mark.parametrize("texts, expected", [(["aab", "abc"], ("c", 0.5)), (["abc", "cba"], ("a", 1.0)),
+                                             (["aa"], ("b", 0.0)), ([], ("a", 0.0))])
+def test_least_read_character_counts_over_an_equal_share(texts, expected):
+    assert training.least_read_character(texts, "abc") == expected
 
 
 def test_after_round_figures_join_each_rounds_log_row(data, tmp_path):

@@ -17,11 +17,11 @@ def test_variants_are_labels_with_yaml_values(tmp_path):
     path = tmp_path / "variants.txt"
     path.write_text("# the committed params first\nbaseline\n\n"
                     "wide classifier.channels=[32,64,128,192] selftrain.rounds=16  # 3 times slower on a CPU\n"
-                    "free selftrain.balance_classes=false selftrain.synthetic_share=0.5\n")
+                    "free selftrain.exclude_labelled=false selftrain.synthetic_share=0.5\n")
     assert sweep.parse_variants(path) == [
         ("baseline", {}),
         ("wide", {"classifier.channels": [32, 64, 128, 192], "selftrain.rounds": 16}),
-        ("free", {"selftrain.balance_classes": False, "selftrain.synthetic_share": 0.5}),
+        ("free", {"selftrain.exclude_labelled": False, "selftrain.synthetic_share": 0.5}),
     ]
 
 

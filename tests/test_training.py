@@ -389,6 +389,8 @@ def test_read_logits_in_bfloat16_agree_with_float32_and_come_back_in_float32():
     assert rounded.dtype == torch.float32 and rounded.shape == exact.shape
     assert not torch.equal(rounded, exact)
     assert torch.allclose(rounded, exact, atol=0.05, rtol=0.05)
+    coder = LabelCoder("ab", 2, "positions")  # read_images passes the precision on (refine's label check)
+    assert training.read_images(reader, coder, images, precision="bfloat16") == coder.decode(rounded)
 
 
 def test_train_reader_is_deterministic(tmp_path):

@@ -198,7 +198,8 @@ class SelfTrainConfig:
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
-    balance_classes: bool = True  # round 1: raise the characters the start reader under-reads toward an equal share
+    balance_rounds: int = bounded(1, 0)  # rounds, from the first, whose readings have the characters their reader
+    #                                     under-reads raised toward an equal share (1: the start reader's only)
     student_channels: list[int] = bounded([], 1, 1024)  # a fresh reader this wide learns the last round's readings
     #                                                    (noisy student) and is the answer; [] : no student
     student_epochs: int = bounded(6, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -99,9 +100,9 @@ def read_logits(model: Reader, images: np.ndarray, batch_size: int = 256,
 
 
 def read_images(model: Reader, coder: LabelCoder, images: np.ndarray, batch_size: int = 256,
-                device: torch.device | None = None) -> tuple[list[str], list[float]]:
-    """Predicted text and confidence for uint8 N×H×W images."""
-    return coder.decode(read_logits(model, images, batch_size, device))
+                device: torch.device | None = None, precision: str = "float32") -> tuple[list[str], list[float]]:
+    """Predicted text and confidence for uint8 N×H×W images (``precision``: as ``read_logits``)."""
+    return coder.decode(read_logits(model, images, batch_size, device, precision))
 
 
 def balancing_offsets(logits: torch.Tensor, blank: bool, iterations: int = 100) -> torch.Tensor:
@@ -285,10 +286,12 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
     keep[0] to keep[1]) with the model's readings as labels, and trains on those beside the synthetic set, the
     pseudo-labelled ones repeated where they are less than ``config.real_share`` of the round (``round_rows``;
     augmented on the fly, so the student sees harder images than the teacher did). Synthetic images keep the
-    labels anchored; the held-out synthetic share is still the only validation. With
-    ``config.balance_classes`` the first round's readings, the font-trained start reader's, have their
-    under-read characters raised toward an equal share (``balancing_offsets``); later rounds' readers have
-    learnt the site's own glyphs and their readings are taken as they are. A killed run resumes: every
+    labels anchored; the held-out synthetic share is still the only validation. The first
+    ``config.balance_rounds`` rounds' readings have their under-read characters raised toward an equal share
+    (``balancing_offsets``): round 1's for the font-trained start reader's bias; later ones where a reader drifts,
+    learning its own confusions until one character is read for another (HackMIT's ``l`` as ``i``). Each log row
+    says which character the round's reader reads least and at what share of an equal one, its own readings
+    before any balance: no label is needed to see such a drift. A killed run resumes: every
     round's last checkpoint stays in ``checkpoints`` and restores that round's weights. ``lengths``: the site's
     [min, max] characters per captcha (default 1 to the reader's); a CTC reading of another length is no label.
     ``after_round``: figures added to each round's log row, read from the round's reader (the stage's labelled
@@ -301,8 +304,8 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
         low, high = config.keep
         share = low + (high - low) * round_index / max(config.rounds - 1, 1)
         logits = read_logits(model, pool, device=device, precision=reader_config.precision)
-        balance = config.balance_classes and round_index == 0  # the start reader's font bias only
-        offsets = balancing_offsets(logits, coder.head == "ctc") if balance else None
+        least_read, least_share = least_read_character(coder.decode(logits)[0], coder.charset)
+        offsets = balancing_offsets(logits, coder.head == "ctc") if round_index < config.balance_rounds else None
         texts, confidences = coder.decode(logits if offsets is None else logits + offsets)
         valid = of_site_length(texts, lengths, coder.length)
         order = [row for row in np.argsort(-np.asarray(confidences), kind="stable") if valid[row]]
@@ -321,10 +324,19 @@ def self_train(model: Reader, coder: LabelCoder, synthetic: np.ndarray, syntheti
                     "lowest_kept_confidence": round(min((confidences[row] for row in kept), default=0.0), 5),
                     "relabelled_share": round(float(np.mean(changed)), 5) if changed else 0.0,
                     "class_offset_range": 0.0 if offsets is None else round(float(np.ptp(offsets.numpy())), 4),
+                    "least_read_char": least_read, "least_read_share": least_share,
                     **{key: value for key, value in history[-1].items() if key != "epoch"},
                     **(after_round(model) if after_round else {})})
         previous = {row: texts[row] for row in kept}
     return log
+
+
+def least_read_character(texts: list[str], charset: str) -> tuple[str, float]:
+    """The character ``texts`` hold least often and its count over an equal share's (1.0: as often as any)."""
+    counts = Counter("".join(texts))
+    total = sum(counts[char] for char in charset)
+    char = min(charset, key=lambda c: counts[c])  # the first of equals: charset order
+    return char, round(counts[char] * len(charset) / max(total, 1), 4)
 
 
 def of_site_length(texts: list[str], lengths: tuple[int, int] | None, longest: int) -> np.ndarray:
