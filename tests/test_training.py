@@ -393,6 +393,19 @@ def test_read_logits_in_bfloat16_agree_with_float32_and_come_back_in_float32():
     assert training.read_images(reader, coder, images, precision="bfloat16") == coder.decode(rounded)
 
 
+def test_reads_go_through_the_model_in_cache_sized_chunks_on_a_cpu():
+    assert training.read_chunk(CPU, 256) == training.CPU_READ_CHUNK == 32
+    assert training.read_chunk(CPU, 8) == 8 and training.read_chunk(torch.device("cuda"), 256) == 256
+    reader = make_reader(seed=4)
+    images, _ = make_captchas(40)
+    sizes: list[int] = []
+    reader.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    chunked = training.read_logits(reader, images, batch_size=256)
+    assert sizes == [32, 8]
+    torch.testing.assert_close(chunked, torch.cat([training.read_logits(reader, images[:20]),
+                                                   training.read_logits(reader, images[20:])]))
+
+
 def test_train_reader_is_deterministic(tmp_path):
     first, log_a = run_reader(tmp_path, "a.pt")
     second, log_b = run_reader(tmp_path, "b.pt")

@@ -31,10 +31,9 @@ from .imaging import binarize_images, decode_set
 from .modelfile import ReaderSpec, load_reader
 from .models import Reader
 from .machine import available_cores
-from .training import LabelCoder, pick_device, to_batch
+from .training import LabelCoder, pick_device, read_chunk, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
-MODEL_CHUNK = 32  # images per forward pass on the CPU: 32-64 read fastest at 100x50; 128 falls out of cache
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -84,7 +83,7 @@ class Predictor:
     @torch.inference_mode()
     def read(self, images: np.ndarray) -> tuple[list[str], list[float]]:
         """Text and confidence for the reader's uint8 N×H×W input."""
-        chunk = MODEL_CHUNK if self.device.type == "cpu" else max(len(images), 1)
+        chunk = read_chunk(self.device, max(len(images), 1))
         texts: list[str] = []
         confidences: list[float] = []
         for start in range(0, len(images), chunk):
