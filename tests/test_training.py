@@ -402,6 +402,7 @@ def test_reads_go_through_the_model_in_cache_sized_chunks_on_a_cpu():
     reader.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
     chunked = training.read_logits(reader, images, batch_size=256)
     assert sizes == [32, 8]
+    assert not chunked.requires_grad  # no graph kept: a pool's reads would hold every activation
     torch.testing.assert_close(chunked, torch.cat([training.read_logits(reader, images[:20]),
                                                    training.read_logits(reader, images[20:])]))
 

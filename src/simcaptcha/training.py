@@ -86,12 +86,12 @@ class LabelCoder:
         return texts, confidence
 
 
-@torch.no_grad()
 def read_chunk(device: torch.device, batch_size: int) -> int:
     """Images per forward pass when reading: on a CPU at most ``CPU_READ_CHUNK``, on a GPU the whole batch."""
     return min(batch_size, CPU_READ_CHUNK) if device.type == "cpu" else batch_size
 
 
+@torch.no_grad()
 def read_logits(model: Reader, images: np.ndarray, batch_size: int = 256,
                 device: torch.device | None = None, precision: str = "float32") -> torch.Tensor:
     """Class scores (N×positions×classes, or N×columns×(classes+1) for CTC) for uint8 N×H×W images, on the CPU.
