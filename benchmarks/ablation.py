@@ -30,10 +30,10 @@ import json, sys
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import load_reader
 from simcaptcha.store import read_image_set
-from simcaptcha.training import LabelCoder, read_images
+from simcaptcha.reading import read_images
 labelled = read_image_set("data/binarized/labelled")
 model, spec, _ = load_reader(f"data/models/{sys.argv[1]}.safetensors")
-texts, _ = read_images(model, LabelCoder(spec.charset, spec.length, spec.head), labelled.images)
+texts, _ = read_images(model, spec.coder(), labelled.images)
 print(json.dumps({**accuracy_figures(texts, labelled.labels), "real_labels_used": len(spec.trained_on_real)}))
 """
 EXTRA = {  # row -> (params on top of the target, stage to run up to, reader to evaluate)

@@ -12,7 +12,7 @@ import torch
 from simcaptcha.models import PatchDiscriminator, Reader, Refiner
 from simcaptcha.pipeline import METRICS
 from simcaptcha.store import write_json
-from simcaptcha.training import pick_device, reader_autocast
+from simcaptcha.reading import pick_device, reader_autocast
 
 
 def images_per_second(model: torch.nn.Module, batch: torch.Tensor, steps: int = 8, warmup: int = 3,

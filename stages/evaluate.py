@@ -14,28 +14,23 @@ import pandas as pd
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
 from simcaptcha.imaging import contact_sheet, save_png
-from simcaptcha.metrics import accuracy_figures, confusion_pairs, equal_slices
+from simcaptcha.metrics import accuracy_figures, confusion_pairs
 from simcaptcha.modelfile import load_reader
 from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, stage_metrics
+from simcaptcha.reading import pick_device, read_images, read_letters
 from simcaptcha.store import read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, read_images
 
 READERS = ("selftrained", "refined", "synthetic", "letters")  # the first is the pipeline's answer
 
 
 def read_with(name: str, images: np.ndarray, slots: int, batch_size: int) -> tuple[list[str], list[float],
                                                                                tuple[str, ...]]:
-    """Predictions of reader ``name``; the letters baseline reads each equal-width slice with the glyph reader."""
+    """Readings, confidences and the real captchas trained on, of reader ``name`` (letters: the glyph reader)."""
     model, spec, _ = load_reader(MODELS / f"{'glyphs' if name == 'letters' else name}.safetensors")
     model.to(pick_device())
-    coder = LabelCoder(spec.charset, spec.length, spec.head)
-    if name != "letters":
-        texts, confidences = read_images(model, coder, images, batch_size)
-        return texts, confidences, spec.trained_on_real
-    glyphs, glyph_confidences = read_images(model, coder, equal_slices(images, slots), batch_size)
-    texts = ["".join(glyphs[index:index + slots]) for index in range(0, len(glyphs), slots)]
-    confidences = [float(np.prod(glyph_confidences[index:index + slots])) for index in range(0, len(glyphs), slots)]
-    return texts, confidences, ()
+    if name == "letters":
+        return *read_letters(model, spec.coder(), images, slots, batch_size), ()
+    return *read_images(model, spec.coder(), images, batch_size), spec.trained_on_real
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ from simcaptcha.mask import site_mask
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import ReaderSpec, load_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, LABEL_BUDGET, MODELS, PREPROCESSING, READER_DATA
+from simcaptcha.reader_training import check_labels, train_reader
+from simcaptcha.reading import pick_device, read_images
 from simcaptcha.store import read_image_set, write_json
-from simcaptcha.training import LabelCoder, check_labels, pick_device, read_images, train_reader
 
 
 def main(argv: list[str]) -> None:
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> None:
         model = spec.build(params.classifier.dropout)
     else:
         model, spec, _ = load_reader(MODELS / f"{mode}.safetensors", params.classifier.dropout)
-    coder = LabelCoder(spec.charset, spec.length, spec.head)
+    coder = spec.coder()
     model.to(device)
     if size:  # at N = 0 nothing trains, so the synthetic set is not read
         synthetic = None if mode == "real" else read_image_set(READER_DATA[mode])

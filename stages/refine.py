@@ -8,8 +8,9 @@ from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import load_gan, load_reader
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, IMAGES, MODELS, REFINED, stage_metrics
+from simcaptcha.reading import pick_device, read_images
+from simcaptcha.simgan import patch_accuracy, refine_images
 from simcaptcha.store import read_image_set, write_image_set
-from simcaptcha.training import LabelCoder, patch_accuracy, pick_device, read_images, refine_images
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
         synthetic = read_image_set(AUGMENTED / "captchas")
         refiner, discriminator = load_gan(MODELS / "gan.safetensors")
         reader, spec, _ = load_reader(MODELS / "synthetic.safetensors")
-        coder = LabelCoder(spec.charset, spec.length, spec.head)
+        coder = spec.coder()
         refined = refine_images(refiner, synthetic.images, config.batch_size, device)
         if config.threshold > 0:
             refined = np.where(refined > config.threshold * 255, 255, 0).astype(np.uint8)

@@ -5,20 +5,19 @@ No real label is used: the pseudo-labels are the model's own. The evaluation cap
 reader then learns the self-trained reader's readings of the pool and is saved in its place (noisy student).
 """
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 import torch
 
 from simcaptcha.config import load_config
-from simcaptcha.errors import SimcaptchaError, run_main
-from simcaptcha.metrics import accuracy_figures
+from simcaptcha.errors import run_main
 from simcaptcha.mask import site_mask
+from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import load_reader, save_reader
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, METRICS, MODELS, stage_metrics
+from simcaptcha.reading import pick_device, read_images
+from simcaptcha.selftraining import self_train, train_student, unlabelled_rows
 from simcaptcha.store import read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, read_images, self_train, train_student
 
 
 def main() -> None:
@@ -28,13 +27,8 @@ def main() -> None:
         model, spec, background = load_reader(MODELS / f"{config.start}.safetensors", params.classifier.dropout)
         anchors = read_image_set(AUGMENTED / "anchors")  # hold the pseudo-labels in place, whichever reader starts
         pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
-        keep = np.ones(len(pool), dtype=bool)
-        if config.exclude_labelled:
-            keep = ~np.isin(pool.names, labelled.names)
-        if not keep.any():
-            raise SimcaptchaError("params: selftrain.exclude_labelled leaves no unlabelled captcha (the pool is the "
-                                  "labelled set); set it to false to read the evaluation images unlabelled")
-        coder = LabelCoder(spec.charset, spec.length, spec.head)
+        keep = unlabelled_rows(pool, labelled, config.exclude_labelled)
+        coder = spec.coder()
         held_out = ~np.isin(labelled.names, spec.trained_on_real)  # as evaluate: real labels trained on never judge
         truth = [label for label, kept in zip(labelled.labels, held_out) if kept]
 
@@ -53,15 +47,12 @@ def main() -> None:
         figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),
                        real_labels_used=len(spec.trained_on_real))
         if config.student_channels:  # the answer is then a fresh, wider reader taught by the self-trained one
-            torch.manual_seed(params.classifier.seed)
-            spec = replace(spec, channels=tuple(config.student_channels))
-            student = spec.build(params.classifier.dropout)
-            history = train_student(student, model, coder, anchors.images, anchors.labels, pool.images[keep],
-                                    config, params.classifier, params.training_augment, checkpoints / "student.pt",
-                                    device, mask, tuple(params.render.length))
-            student_figures = {**history[-1], **(labelled_figures(student) if truth else {})}
+            model, spec, history = train_student(model, spec, anchors.images, anchors.labels, pool.images[keep],
+                                                 config, params.classifier, params.training_augment,
+                                                 checkpoints / "student.pt", device, mask,
+                                                 tuple(params.render.length))
+            student_figures = {**history[-1], **(labelled_figures(model) if truth else {})}
             figures.update({f"student_{key}": value for key, value in student_figures.items()})
-            model = student
         save_reader(MODELS / "selftrained.safetensors", model, spec, background)
     for path in sorted(checkpoints.glob("*.pt")):
         path.unlink()

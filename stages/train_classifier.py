@@ -19,16 +19,9 @@ from simcaptcha.machine import is_main_process
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
-from simcaptcha.store import ImageSet, read_image_set, write_csv
-from simcaptcha.training import LabelCoder, check_labels, pick_device, train_reader
-
-
-def real_labelled(labelled: ImageSet, count: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """The first ``count`` real labelled captchas of a seeded shuffle; evaluate skips them by name."""
-    if count > len(labelled):
-        raise SimcaptchaError(f"params: classifier.real_labels = {count}, but only {len(labelled)} are labelled")
-    rows = np.random.default_rng(seed).permutation(len(labelled))[:count]
-    return labelled.images[rows], [labelled.labels[row] for row in rows], [labelled.names[row] for row in rows]
+from simcaptcha.reader_training import check_labels, real_labelled, train_reader
+from simcaptcha.reading import pick_device
+from simcaptcha.store import read_image_set, write_csv
 
 
 def main(name: str) -> None:
@@ -39,8 +32,6 @@ def main(name: str) -> None:
     glyphs = name == "glyphs"
     length = 1 if glyphs else render.length[1]
     head = "positions" if glyphs else config.head
-    if head == "positions" and not glyphs and render.length[0] != render.length[1]:
-        raise SimcaptchaError("params: classifier.head 'positions' needs a fixed render.length; use 'ctc'")
     labelled = read_image_set(BINARIZED / "labelled")
     check_labels(labelled, params)
     with stage_metrics(f"train-classifier-{name}") as figures:
@@ -55,7 +46,7 @@ def main(name: str) -> None:
         torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
         model = spec.build(config.dropout)
         checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
-        log = train_reader(model, LabelCoder(render.charset, length, head), images, labels, config,
+        log = train_reader(model, spec.coder(), images, labels, config,
                            params.training_augment, checkpoint, pick_device(),
                            synthetic_count=len(data), mask=None if glyphs else site_mask(params))
         if is_main_process():  # under torchrun, one process writes

@@ -12,15 +12,14 @@ import torch
 from simcaptcha.config import load_config
 from simcaptcha.distributed import leave, rank_path
 from simcaptcha.errors import SimcaptchaError, run_main
-from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.imaging import save_png
 from simcaptcha.machine import is_main_process
 from simcaptcha.modelfile import load_reader, save_gan
 from simcaptcha.models import PatchDiscriminator, Refiner
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, IMAGES, METRICS, MODELS, stage_metrics
+from simcaptcha.reading import pick_device
+from simcaptcha.simgan import sample_sheet, train_gan
 from simcaptcha.store import read_image_set, write_csv
-from simcaptcha.training import LabelCoder, pick_device, to_batch, train_gan
-
-SHEET_COLUMNS = 8
 
 
 def main() -> None:
@@ -34,19 +33,18 @@ def main() -> None:
                                   "captchas to train on")
         real = pool[: len(pool) - config.holdout]
         reader, spec, _ = load_reader(MODELS / "synthetic.safetensors")
-        coder = LabelCoder(spec.charset, spec.length, spec.head)
         torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
         refiner = Refiner(config.refiner_channels, config.refiner_blocks)
         discriminator = PatchDiscriminator(config.discriminator_channels)
         device = pick_device()
         checkpoint = CHECKPOINTS / "train-gan.pt"
         log = train_gan(refiner, discriminator, synthetic.images, synthetic.labels, real,
-                        reader if config.consistency else None, coder, config, checkpoint, device,
+                        reader if config.consistency else None, spec.coder(), config, checkpoint, device,
                         params.classifier.precision)
         if is_main_process():  # under torchrun, one process writes
             save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
             write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
-            save_samples(refiner, real, synthetic.images, device)
+            save_png(IMAGES / "gan-samples.png", sample_sheet(refiner, real, synthetic.images, device))
         collapsed = [row for row in log if row["phase"] == "collapsed"]
         if collapsed:
             print(f"warning: train-gan: the refiner collapsed at step {collapsed[0]['step']} (it changed pixels by "
@@ -63,16 +61,6 @@ def main() -> None:
         figures["real_images"] = len(real)
     rank_path(checkpoint).unlink(missing_ok=True)
     leave()
-
-
-@torch.no_grad()
-def save_samples(refiner: Refiner, real: np.ndarray, synthetic: np.ndarray, device: torch.device) -> None:
-    """A contact sheet: real captchas, synthetic ones, and the same synthetic ones refined."""
-    samples = synthetic[:SHEET_COLUMNS]
-    refined = refiner.eval()(to_batch(samples, device)).squeeze(1).mul(255).round().byte().cpu().numpy()
-    rows = list(real[:SHEET_COLUMNS]) + list(samples) + list(refined)
-    captions = ["real"] * SHEET_COLUMNS + ["synthetic"] * SHEET_COLUMNS + ["refined"] * SHEET_COLUMNS
-    save_png(IMAGES / "gan-samples.png", contact_sheet(rows, captions, columns=SHEET_COLUMNS))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from simcaptcha import distributed
 from simcaptcha.config import ClassifierConfig, GanConfig
 from simcaptcha.machine import process_rank
 from simcaptcha.models import PatchDiscriminator, Reader, Refiner
-from simcaptcha.training import LabelCoder, pick_device, train_gan, train_reader
+from simcaptcha.reader_training import train_reader
+from simcaptcha.reading import LabelCoder, pick_device
+from simcaptcha.simgan import train_gan
 
 out = Path(sys.argv[1])
 device = pick_device()

@@ -35,7 +35,7 @@ from simcaptcha.fetch import fetch_set
 from simcaptcha.imaging import decode_image
 from simcaptcha.modelfile import load_reader
 from simcaptcha.store import write_encoded_set, write_image_set
-from simcaptcha.training import load_checkpoint
+from simcaptcha.checkpoints import load_checkpoint
 
 STAGES = sorted((REPO / "stages").glob("*.py"))
 FUZZ = settings(max_examples=150, deadline=None, database=None)

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simcaptcha.metrics import accuracy_figures, confusion_pairs, equal_slices
+from simcaptcha.metrics import accuracy_figures, confusion_pairs
+from simcaptcha.reading import equal_slices
 
 
 # ---------------------------------------------------------------- accuracy_figures

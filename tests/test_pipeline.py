@@ -14,7 +14,7 @@ from simcaptcha.config import BudgetConfig, parse_section
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import load_reader
 from simcaptcha.store import read_encoded_set, read_image_set
-from simcaptcha.training import LabelCoder, read_images
+from simcaptcha.reading import LabelCoder, read_images
 
 from conftest import SAMPLES, TOOLS_ENV, _run, tiny_project
 

@@ -1,4 +1,4 @@
-"""Tests for simcaptcha.training.self_train: pseudo-labelling the unlabelled pool in rounds (noisy student).
+"""Tests for simcaptcha.selftraining.self_train: pseudo-labelling the unlabelled pool in rounds (noisy student).
 
 A tiny reader (channels 4, 8, 8, 8) on 24×48 captchas of two characters from "ab", drawn with the test font:
 40 labelled synthetic images and 30 more used as the unlabelled pool. One epoch per round, one torch thread.
@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from simcaptcha import training
+from helpers import patch_saves
+from simcaptcha import checkpoints, reader_training, reading, selftraining
 from simcaptcha.config import BinarizeConfig, ClassifierConfig, RenderConfig, SelfTrainConfig
 from simcaptcha.modelfile import ReaderSpec
 from simcaptcha.models import Reader
 from simcaptcha.rendering import Renderer, render_set, uniform_styles
-from simcaptcha.training import LabelCoder, self_train
+from simcaptcha.reading import LabelCoder
+from simcaptcha.selftraining import self_train
 
 FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
 CPU = torch.device("cpu")
@@ -43,12 +45,15 @@ def data() -> tuple[np.ndarray, list[str], np.ndarray]:
     return synthetic, labels, pool
 
 
+def make_spec(head: str = "positions") -> ReaderSpec:
+    return ReaderSpec(charset="ab", length=2, head=head, channels=CHANNELS, height=H, width=W,
+                      binarize=BinarizeConfig(size=[H, W]), polarity="light")
+
+
 def make_reader(head: str = "positions", seed: int = 0) -> Reader:
     """Built as the stage builds it (ReaderSpec, at classifier.dropout's default), with fixed initial weights."""
     torch.manual_seed(seed)
-    spec = ReaderSpec(charset="ab", length=2, head=head, channels=CHANNELS, height=H, width=W,
-                      binarize=BinarizeConfig(size=[H, W]), polarity="light")
-    return spec.build(ClassifierConfig().dropout)
+    return make_spec(head).build(ClassifierConfig().dropout)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def biased_weights(data, tmp_path_factory) -> dict:
     """A reader that has learnt the synthetic captchas, its output bias then tilted far towards "a"."""
     synthetic, labels, _ = data
     model = make_reader()
-    training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
+    reader_training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=15, learning_rate=0.01), None,
                           tmp_path_factory.mktemp("biased") / "reader.pt", CPU, len(synthetic))
     with torch.no_grad():
@@ -104,16 +109,16 @@ def weights(model: Reader) -> dict:
 
 def spy_on_rounds(monkeypatch, pool: np.ndarray) -> list[dict]:
     """Record what each round hands train_reader, and how the model read the pool just before that round."""
-    real_train = training.train_reader
+    real_train = reader_training.train_reader
     calls: list[dict] = []
 
     def train(model, coder, images, labels, config, augment, checkpoint, device, synthetic_count=None, mask=None):
-        texts, confidences = training.read_images(model, coder, pool)  # eval mode, no dropout: what self_train saw
+        texts, confidences = reading.read_images(model, coder, pool)  # eval mode, no dropout: what self_train saw
         calls.append(dict(images=images.copy(), labels=list(labels), config=config, checkpoint=checkpoint,
                           synthetic_count=synthetic_count, texts=texts, confidences=confidences))
         return real_train(model, coder, images, labels, config, augment, checkpoint, device, synthetic_count, mask)
 
-    monkeypatch.setattr(training, "train_reader", train)
+    monkeypatch.setattr(selftraining, "train_reader", train)
     return calls
 
 
@@ -125,14 +130,14 @@ def row_of(images: np.ndarray, image: np.ndarray) -> int:
 
 
 def record_saves(monkeypatch) -> list:
-    real_save = training.save_checkpoint
+    real_save = checkpoints.save_checkpoint
     calls: list = []
 
     def save(path, state):
         calls.append((Path(path).name, state["epoch"]))
         real_save(path, state)
 
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    patch_saves(monkeypatch, save)
     return calls
 
 
@@ -165,7 +170,7 @@ def test_a_single_round_keeps_the_first_share(data, tmp_path):
 def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(data, tmp_path, monkeypatch):
     synthetic, labels, pool = data
     model = make_reader()  # a start reader that has seen the synthetic set, so its readings differ per image
-    training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
+    reader_training.train_reader(model, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
     calls = spy_on_rounds(monkeypatch, pool)
     config = selftrain_config(rounds=3, keep=[0.4, 0.8], learning_rate=0.05, balance_rounds=0, max_repeats=2)
@@ -208,7 +213,7 @@ def test_each_round_trains_on_the_synthetic_set_and_its_most_confident_readings(
 def test_a_small_pool_is_repeated_in_place_of_synthetic_images(kept_count, real_share):
     synthetic_count = 100
     kept = np.arange(0, 3 * kept_count, 3)  # pool rows need not be contiguous
-    synthetic_rows, real_rows = training.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
+    synthetic_rows, real_rows = selftraining.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
     size = synthetic_count + kept_count
     real_count = round(real_share * size)
     assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
@@ -217,7 +222,7 @@ def test_a_small_pool_is_repeated_in_place_of_synthetic_images(kept_count, real_
     counts = np.bincount(real_rows)[kept]
     assert counts.min() == real_count // kept_count and counts.max() - counts.min() <= 1  # repeated evenly
     assert np.all(np.diff(real_rows) >= 0) and np.all(np.diff(synthetic_rows) > 0)
-    again = training.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
+    again = selftraining.round_rows(synthetic_count, kept, real_share, np.random.default_rng(0))
     np.testing.assert_array_equal(again[0], synthetic_rows)
     np.testing.assert_array_equal(again[1], real_rows)
 
@@ -225,7 +230,7 @@ def test_a_small_pool_is_repeated_in_place_of_synthetic_images(kept_count, real_
 @pytest.mark.parametrize("kept_count, max_repeats", [(5, 3), (7, 1), (30, 8)])
 def test_a_pool_image_is_repeated_at_most_max_repeats_times(kept_count, max_repeats):
     kept = np.arange(kept_count) * 2
-    synthetic_rows, real_rows = training.round_rows(100, kept, 0.5, np.random.default_rng(0), 1.0, max_repeats)
+    synthetic_rows, real_rows = selftraining.round_rows(100, kept, 0.5, np.random.default_rng(0), 1.0, max_repeats)
     size = 100 + kept_count
     real_count = min(round(0.5 * size), max_repeats * kept_count)  # (5, 3): 15 of them, not 52
     assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
@@ -236,7 +241,7 @@ def test_a_pool_image_is_repeated_at_most_max_repeats_times(kept_count, max_repe
 @pytest.mark.parametrize("kept_count", [0, 30, 100])
 def test_a_pool_already_real_share_of_the_round_trains_beside_the_whole_synthetic_set(kept_count):
     kept = np.arange(kept_count) * 2
-    synthetic_rows, real_rows = training.round_rows(100, kept, 0.2, np.random.default_rng(0))
+    synthetic_rows, real_rows = selftraining.round_rows(100, kept, 0.2, np.random.default_rng(0))
     np.testing.assert_array_equal(synthetic_rows, np.arange(100))
     np.testing.assert_array_equal(real_rows, kept)
 
@@ -247,7 +252,7 @@ def test_empty_readings_are_never_kept(data, tmp_path):
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.copy_(torch.tensor([100.0, 0.0, 0.0]))
-    texts, _ = training.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
+    texts, _ = reading.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
     assert set(texts) == {""}
     _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model, head="ctc")
     assert log[0]["pseudo_labels"] == 0 and log[0]["lowest_kept_confidence"] == 0.0
@@ -259,7 +264,7 @@ def test_ctc_readings_longer_than_the_label_length_do_not_crash(data, tmp_path):
         model.head.weight.normal_(0.0, 5.0)
         model.head.bias.zero_()
         model.head.bias[0] = -100.0
-    texts, _ = training.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
+    texts, _ = reading.read_images(model, LabelCoder("ab", 2, "ctc"), data[2])
     assert max(len(text) for text in texts) > 2  # the precondition of this test
     _, log = run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model, head="ctc")
     assert len(log) == 1
@@ -275,7 +280,7 @@ def test_ctc_readings_of_another_length_than_the_sites_are_never_kept(data, tmp_
             model.head.bias.copy_(torch.tensor([0.0, 100.0, 0.0]))
         return model
 
-    assert set(training.read_images(one_character_reader(), LabelCoder("ab", 2, "ctc"), data[2])[0]) == {"a"}
+    assert set(reading.read_images(one_character_reader(), LabelCoder("ab", 2, "ctc"), data[2])[0]) == {"a"}
     config = selftrain_config(rounds=1, keep=[1.0, 1.0])
     _, log = run(data, tmp_path / "site", config, model=one_character_reader(), head="ctc", lengths=(2, 2))
     assert log[0]["pseudo_labels"] == 0
@@ -299,7 +304,7 @@ def test_balancing_offsets_lift_the_under_read_characters_to_one_share():
     logits[..., 0] += 1.5  # class 0 read far too often, class 4 too rarely
     logits[..., 4] -= 1.5
     before = torch.bincount(logits.argmax(-1).flatten(), minlength=5)
-    offsets = training.balancing_offsets(logits, blank=False)
+    offsets = selftraining.balancing_offsets(logits, blank=False)
     after = torch.bincount((logits + offsets).argmax(-1).flatten(), minlength=5)
     assert before[1:].max() > 10 * before[4]  # the precondition of this test
     assert after[1:].max() < 1.2 * after[1:].min()
@@ -315,7 +320,7 @@ def test_balancing_offsets_keep_most_of_a_sites_skew():
     readings stay as they are and class 0 keeps most of its lead, where an equal share would take it all."""
     drawn = torch.tensor([0, 0, 1, 2, 3, 4]).repeat(100)
     logits = torch.nn.functional.one_hot(drawn, 5).float().mul(3.0).reshape(150, 4, 5)
-    offsets = training.balancing_offsets(logits, blank=False)
+    offsets = selftraining.balancing_offsets(logits, blank=False)
     assert torch.equal((logits + offsets).argmax(-1), logits.argmax(-1))
     shares = (logits + offsets).softmax(-1).mean((0, 1))
     assert logits.softmax(-1).mean((0, 1))[0] > 0.3 and shares[0] > 0.27  # from 0.31 (an equal share: 0.2)
@@ -326,7 +331,7 @@ def test_balancing_offsets_leave_the_ctc_blank_alone():
     logits = torch.randn(200, 12, 4, generator=torch.Generator().manual_seed(1))
     logits[..., 0] += 3.0  # mostly blank columns, as a CTC reader reads
     logits[..., 3] -= 1.5  # class 3 under-read
-    offsets = training.balancing_offsets(logits, blank=True)
+    offsets = selftraining.balancing_offsets(logits, blank=True)
     assert offsets[0] == 0.0
     before = logits.softmax(-1)[..., 1:].sum((0, 1))
     after = (logits + offsets).softmax(-1)[..., 1:].sum((0, 1))
@@ -338,18 +343,18 @@ def test_balancing_offsets_leave_the_ctc_blank_alone():
 def test_balanced_rounds_train_on_the_balanced_readings(data, biased_weights, tmp_path, monkeypatch):
     pool = data[2]
     model = biased_reader(biased_weights)
-    raw = training.read_images(model, LabelCoder("ab", 2, "positions"), pool)[0]
+    raw = reading.read_images(model, LabelCoder("ab", 2, "positions"), pool)[0]
     seen: list[list[str]] = []
-    real_train = training.train_reader
+    real_train = reader_training.train_reader
 
     def train(model, coder, images, labels_, *args, **kwargs):
-        logits = training.read_logits(model, pool)
-        seen.append(coder.decode(logits + training.balancing_offsets(logits, blank=False))[0])
+        logits = reading.read_logits(model, pool)
+        seen.append(coder.decode(logits + selftraining.balancing_offsets(logits, blank=False))[0])
         real_count = round(0.5 * (SYNTHETIC + POOL))  # keep 1.0: every balanced reading, some of them twice
         assert labels_[-real_count:] == [seen[-1][row_of(pool, image)] for image in images[-real_count:]]
         return real_train(model, coder, images, labels_, *args, **kwargs)
 
-    monkeypatch.setattr(training, "train_reader", train)
+    monkeypatch.setattr(selftraining, "train_reader", train)
     run(data, tmp_path, selftrain_config(rounds=1, keep=[1.0, 1.0]), model=model)
     raw_b, balanced_b = (sum(text.count("b") for text in texts) for texts in (raw, seen[0]))
     assert balanced_b > 3 * raw_b, (raw_b, balanced_b)
@@ -363,15 +368,15 @@ def test_only_the_first_balance_rounds_readings_are_balanced(data, biased_weight
     folded into the saved reader."""
     pool = data[2]
     balanced: list[torch.Tensor] = []  # the logits of every balancing_offsets call
-    real_offsets = training.balancing_offsets
+    real_offsets = selftraining.balancing_offsets
 
     def recorded_offsets(logits: torch.Tensor, blank: bool) -> torch.Tensor:
         balanced.append(logits)
         return real_offsets(logits, blank)
 
-    monkeypatch.setattr(training, "balancing_offsets", recorded_offsets)
+    monkeypatch.setattr(selftraining, "balancing_offsets", recorded_offsets)
     model = biased_reader(biased_weights)
-    before, bias = training.read_logits(model, pool), model.head.bias.detach().clone()
+    before, bias = reading.read_logits(model, pool), model.head.bias.detach().clone()
     _, log = run(data, tmp_path, selftrain_config(rounds=3, learning_rate=0.0, balance_rounds=balance_rounds),
                  model=model)
     assert len(balanced) == balance_rounds
@@ -386,7 +391,7 @@ def test_each_round_logs_the_character_its_reader_reads_least(data, biased_weigh
     """Before any balance: the biased start reader reads "b" far under an equal share, and the log says so."""
     pool = data[2]
     model = biased_reader(biased_weights)
-    raw = training.read_images(model, LabelCoder("ab", 2, "positions"), pool)[0]
+    raw = reading.read_images(model, LabelCoder("ab", 2, "positions"), pool)[0]
     b_share = sum(text.count("b") for text in raw) * 2 / (2 * POOL)
     assert b_share < 0.5
     _, log = run(data, tmp_path, selftrain_config(rounds=2, learning_rate=0.0), model=model)
@@ -397,7 +402,7 @@ def test_each_round_logs_the_character_its_reader_reads_least(data, biased_weigh
 @pytest.mark.parametrize("texts, expected", [(["aab", "abc"], ("c", 0.5)), (["abc", "cba"], ("a", 1.0)),
                                              (["aa"], ("b", 0.0)), ([], ("a", 0.0))])
 def test_least_read_character_counts_over_an_equal_share(texts, expected):
-    assert training.least_read_character(texts, "abc") == expected
+    assert selftraining.least_read_character(texts, "abc") == expected
 
 
 def test_after_round_figures_join_each_rounds_log_row(data, tmp_path):
@@ -405,25 +410,25 @@ def test_after_round_figures_join_each_rounds_log_row(data, tmp_path):
     seen: list[dict] = []
 
     def pool_figures(reader: Reader) -> dict:
-        texts = training.read_images(reader, LabelCoder("ab", 2, "positions"), data[2])[0]
+        texts = reading.read_images(reader, LabelCoder("ab", 2, "positions"), data[2])[0]
         seen.append({"pool_right": sum(text == label for text, label in zip(texts, pool_labels))})
         return seen[-1]
 
     model, log = run(data, tmp_path, selftrain_config(rounds=2), after_round=pool_figures)
     assert [row["pool_right"] for row in log] == [row["pool_right"] for row in seen] and len(seen) == 2
-    texts = training.read_images(model, LabelCoder("ab", 2, "positions"), data[2])[0]
+    texts = reading.read_images(model, LabelCoder("ab", 2, "positions"), data[2])[0]
     assert log[-1]["pool_right"] == sum(text == label for text, label in zip(texts, pool_labels))
 
 
 # ---------------------------------------------------------------- weights
 def test_a_bfloat16_reader_reads_the_pool_in_bfloat16_each_round(data, tmp_path, monkeypatch):
-    real_read, precisions = training.read_logits, []
+    real_read, precisions = reading.read_logits, []
 
     def read(model, images, batch_size=256, device=None, precision="float32"):
         precisions.append((len(images), precision))
         return real_read(model, images, batch_size, device, precision)
 
-    monkeypatch.setattr(training, "read_logits", read)
+    monkeypatch.setattr(selftraining, "read_logits", read)
     _, log = run(data, tmp_path, classifier=reader_config(precision="bfloat16"))
     assert [entry for entry in precisions if entry[0] == POOL] == [(POOL, "bfloat16")] * 2
     assert len(log) == 2 and all(np.isfinite(row["train_loss"]) for row in log)
@@ -466,13 +471,13 @@ def test_a_second_call_restores_every_round_from_its_checkpoint(data, tmp_path, 
 
 def test_a_run_killed_after_round_one_resumes_at_round_two(data, tmp_path, monkeypatch):
     whole, whole_log = run(data, tmp_path / "whole")
-    real_save = training.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    patch_saves(monkeypatch, save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(data, tmp_path / "killed")
     assert [path.name for path in (tmp_path / "killed").iterdir()] == ["round-1.pt"]
@@ -496,28 +501,27 @@ def test_checkpoints_of_another_pool_are_not_resumed(data, tmp_path, monkeypatch
 @pytest.mark.parametrize("kept_count, real_share, synthetic_share", [(30, 0.2, 0.5), (5, 0.5, 0.5), (0, 0.5, 0.25)])
 def test_a_round_draws_its_share_of_the_synthetic_set(kept_count, real_share, synthetic_share):
     kept = np.arange(kept_count) * 2
-    synthetic_rows, real_rows = training.round_rows(100, kept, real_share, np.random.default_rng(0), synthetic_share)
+    synthetic_rows, real_rows = selftraining.round_rows(100, kept, real_share, np.random.default_rng(0), synthetic_share)
     size = round(100 * synthetic_share) + kept_count
     real_count = max(kept_count, round(real_share * size)) if kept_count else 0
     assert len(real_rows) == real_count and len(synthetic_rows) == size - real_count
     assert len(np.unique(synthetic_rows)) == len(synthetic_rows) and synthetic_rows.max() < 100
     assert np.all(np.diff(synthetic_rows) > 0)
-    other = training.round_rows(100, kept, real_share, np.random.default_rng(1), synthetic_share)[0]
+    other = selftraining.round_rows(100, kept, real_share, np.random.default_rng(1), synthetic_share)[0]
     assert not np.array_equal(other, synthetic_rows)  # each round draws its own synthetic images
 
 
 def test_the_student_learns_the_teachers_readings_of_the_whole_pool(data, tmp_path, monkeypatch):
     synthetic, labels, pool = data
     teacher = make_reader()  # a teacher that has seen the synthetic set, so its readings differ per image
-    training.train_reader(teacher, LabelCoder("ab", 2, "positions"), synthetic, labels,
+    reader_training.train_reader(teacher, LabelCoder("ab", 2, "positions"), synthetic, labels,
                           reader_config(epochs=3, learning_rate=0.02, dropout=0.0), None, tmp_path / "start.pt", CPU)
-    readings = training.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
+    readings = reading.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
     calls = spy_on_rounds(monkeypatch, pool)
     config = selftrain_config(student_channels=[4, 8, 8, 16], student_epochs=2, student_synthetic_share=0.5)
-    student = Reader(H, W, 2, 2, channels=(4, 8, 8, 16))
-    before = weights(student)
-    log = training.train_student(student, teacher, LabelCoder("ab", 2, "positions"), synthetic, labels, pool, config,
-                                 reader_config(seed=3), None, tmp_path / "student.pt", CPU)
+    teacher_weights = weights(teacher)
+    student, spec, log = selftraining.train_student(teacher, make_spec(), synthetic, labels, pool, config,
+                                                    reader_config(seed=3), None, tmp_path / "student.pt", CPU)
     assert len(calls) == 1 and len(log) == 2  # one row per student epoch
     call = calls[0]
     # half the synthetic set, and every pool image once (the pool, 30, is already real_share of 50) with its reading
@@ -529,8 +533,12 @@ def test_the_student_learns_the_teachers_readings_of_the_whole_pool(data, tmp_pa
     assert call["labels"][:SYNTHETIC // 2] == [labels[row] for row in synthetic_rows]
     assert call["config"].channels == [4, 8, 8, 16] and call["config"].epochs == 2 and call["config"].seed == 3
     assert call["checkpoint"] == tmp_path / "student.pt"
-    assert not states_equal(before, weights(student))  # the student trained, the teacher did not
-    assert readings == training.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
+    widths = [layer.out_channels for layer in student.modules() if isinstance(layer, torch.nn.Conv2d)]
+    assert spec.channels == (4, 8, 8, 16) and sorted(set(widths)) == [4, 8, 16]
+    torch.manual_seed(3)  # the student's initial weights come from classifier.seed; training moved them
+    assert not states_equal(weights(spec.build()), weights(student))
+    assert states_equal(teacher_weights, weights(teacher))  # the teacher did not train
+    assert readings == reading.read_images(teacher, LabelCoder("ab", 2, "positions"), pool)[0]
 
 
 def test_the_student_never_learns_a_reading_of_another_length_than_the_sites(data, tmp_path, monkeypatch):
@@ -540,12 +548,12 @@ def test_the_student_never_learns_a_reading_of_another_length_than_the_sites(dat
         teacher.head.weight.normal_(0.0, 5.0)
         teacher.head.bias.zero_()
         teacher.head.bias[0] = -100.0
-    readings = training.read_images(teacher, LabelCoder("ab", 2, "ctc"), pool)[0]
+    readings = reading.read_images(teacher, LabelCoder("ab", 2, "ctc"), pool)[0]
     assert 0 < sum(len(text) == 2 for text in readings) < POOL  # the precondition of this test
     calls = spy_on_rounds(monkeypatch, pool)
     config = selftrain_config(student_channels=list(CHANNELS), student_epochs=1, student_synthetic_share=1.0)
-    training.train_student(make_reader("ctc"), teacher, LabelCoder("ab", 2, "ctc"), synthetic, labels, pool, config,
-                           reader_config(head="ctc"), None, tmp_path / "student.pt", CPU, lengths=(2, 2))
+    selftraining.train_student(teacher, make_spec("ctc"), synthetic, labels, pool, config, reader_config(head="ctc"),
+                               None, tmp_path / "student.pt", CPU, lengths=(2, 2))
     first = calls[0]["synthetic_count"]
     pool_rows = {row_of(pool, image) for image in calls[0]["images"][first:]}
     assert pool_rows == {row for row, text in enumerate(readings) if len(text) == 2}

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from simcaptcha import training
+from helpers import patch_saves
+from simcaptcha import checkpoints, reader_training, reading, simgan
 from simcaptcha.config import AugmentConfig, ClassifierConfig, GanConfig
 from simcaptcha.errors import SimcaptchaError
+from simcaptcha.image_history import ImageHistory
 from simcaptcha.models import PatchDiscriminator, Reader, Refiner
-from simcaptcha.training import ImageHistory, LabelCoder
+from simcaptcha.reading import LabelCoder
 
 CPU = torch.device("cpu")
 H, W = 16, 32
@@ -75,8 +77,8 @@ def states_equal(a: dict, b: dict) -> bool:
 
 
 def interrupt_after_first_save(monkeypatch) -> list:
-    """Make training.save_checkpoint raise KeyboardInterrupt right after its first checkpoint is on disk."""
-    real_save = training.save_checkpoint
+    """Make checkpoints.save_checkpoint raise KeyboardInterrupt right after its first checkpoint is on disk."""
+    real_save = checkpoints.save_checkpoint
     calls: list = []
 
     def save(path, state):
@@ -84,19 +86,19 @@ def interrupt_after_first_save(monkeypatch) -> list:
         calls.append(state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    patch_saves(monkeypatch, save)
     return calls
 
 
 def record_saves(monkeypatch) -> list:
-    real_save = training.save_checkpoint
+    real_save = checkpoints.save_checkpoint
     calls: list = []
 
     def save(path, state):
         calls.append(state)
         real_save(path, state)
 
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    patch_saves(monkeypatch, save)
     return calls
 
 
@@ -155,7 +157,7 @@ def test_history_partial_fill_then_replace_in_one_push():
 
 
 def test_history_accepts_a_batch_larger_than_its_capacity():
-    # BUG (training.py ImageHistory.push): when more images than the buffer holds arrive at once, the rest
+    # BUG (image_history.py ImageHistory.push): when more images than the buffer holds arrive at once, the rest
     # (len(batch) - fill) is written to randperm(size)[:len(rest)] slots, which are fewer than the images:
     # RuntimeError "shape mismatch". train_gan pushes batch_size // 2 images per discriminator step, so any
     # gan.history_size < gan.batch_size // 2 (e.g. 8 with the default batch 32) crashes; see
@@ -287,7 +289,7 @@ def test_loss_finite_and_lower_for_right_answer(head):
     coder = LabelCoder("ab", 2, head)
     reader = make_reader(head=head)
     images, labels = make_captchas(6)
-    logits = reader(training.to_batch(images, CPU))
+    logits = reader(reading.to_batch(images, CPU))
     if head == "positions":
         assert logits.shape == (6, 2, 2)
     else:
@@ -309,7 +311,7 @@ def test_loss_finite_and_lower_for_right_answer(head):
 
 def test_to_batch_scales_and_shapes():
     images = np.array([[[0, 255], [51, 102]]], np.uint8)
-    batch = training.to_batch(images, CPU)
+    batch = reading.to_batch(images, CPU)
     assert batch.shape == (1, 1, 2, 2) and batch.dtype == torch.float32
     assert batch.flatten().tolist() == pytest.approx([0.0, 1.0, 0.2, 0.4])
 
@@ -318,8 +320,8 @@ def test_read_images_independent_of_batch_size():
     reader = make_reader(seed=4)
     images, _ = make_captchas(10)
     coder = LabelCoder("ab", 2, "positions")
-    whole = training.read_images(reader, coder, images, batch_size=256)
-    pieces = training.read_images(reader, coder, images, batch_size=3)
+    whole = reading.read_images(reader, coder, images, batch_size=256)
+    pieces = reading.read_images(reader, coder, images, batch_size=3)
     assert whole[0] == pieces[0]
     assert whole[1] == pytest.approx(pieces[1], rel=1e-5)
     assert len(whole[0]) == 10 and all(len(text) == 2 for text in whole[0])
@@ -333,7 +335,7 @@ def run_reader(tmp_path: Path, name: str = "ck.pt", config: ClassifierConfig | N
     config = config or reader_config()
     reader = make_reader(seed=11, dropout=config.dropout)
     coder = LabelCoder("ab", 2, "positions")
-    log = training.train_reader(reader, coder, images, labels, config, augment,
+    log = reader_training.train_reader(reader, coder, images, labels, config, augment,
                                 tmp_path / name, CPU, **kwargs)
     return reader, log
 
@@ -347,7 +349,7 @@ def test_train_reader_learns_an_easy_task(tmp_path):
     assert log[-1]["val_char_accuracy"] >= 0.9
     # and it reads captchas it never saw
     fresh, truth = make_captchas(40, seed=99)
-    texts, confidence = training.read_images(reader, LabelCoder("ab", 2, "positions"), fresh)
+    texts, confidence = reading.read_images(reader, LabelCoder("ab", 2, "positions"), fresh)
     assert np.mean([t == u for t, u in zip(texts, truth)]) >= 0.9
     assert reader.training is False  # read_images leaves it in eval mode
 
@@ -356,7 +358,7 @@ def test_train_reader_ctc_head_runs(tmp_path):
     images, labels = make_captchas(32)
     reader = make_reader(head="ctc")
     coder = LabelCoder("ab", 2, "ctc")
-    log = training.train_reader(reader, coder, images, labels, reader_config(head="ctc", epochs=2), None,
+    log = reader_training.train_reader(reader, coder, images, labels, reader_config(head="ctc", epochs=2), None,
                                 tmp_path / "ck.pt", CPU)
     assert len(log) == 2 and all(np.isfinite(row["train_loss"]) for row in log)
     assert 0.0 <= log[-1]["val_char_accuracy"] <= 1.0
@@ -370,7 +372,7 @@ def test_train_reader_in_bfloat16_learns_deterministically_and_keeps_float32_wei
     readers, logs = [], []
     for name in ("a.pt", "b.pt", "float32.pt"):
         reader = make_reader(seed=11, head=head)
-        logs.append(training.train_reader(reader, coder, images, labels, config if name != "float32.pt" else
+        logs.append(reader_training.train_reader(reader, coder, images, labels, config if name != "float32.pt" else
                                           replace(config, precision="float32"), None, tmp_path / name, CPU))
         readers.append(reader)
     assert logs[0] == logs[1] and states_equal(readers[0].state_dict(), readers[1].state_dict())
@@ -384,27 +386,27 @@ def test_train_reader_in_bfloat16_learns_deterministically_and_keeps_float32_wei
 def test_read_logits_in_bfloat16_agree_with_float32_and_come_back_in_float32():
     reader = make_reader(seed=4)
     images, _ = make_captchas(40)
-    exact = training.read_logits(reader, images)
-    rounded = training.read_logits(reader, images, precision="bfloat16")
+    exact = reading.read_logits(reader, images)
+    rounded = reading.read_logits(reader, images, precision="bfloat16")
     assert rounded.dtype == torch.float32 and rounded.shape == exact.shape
     assert not torch.equal(rounded, exact)
     assert torch.allclose(rounded, exact, atol=0.05, rtol=0.05)
     coder = LabelCoder("ab", 2, "positions")  # read_images passes the precision on (refine's label check)
-    assert training.read_images(reader, coder, images, precision="bfloat16") == coder.decode(rounded)
+    assert reading.read_images(reader, coder, images, precision="bfloat16") == coder.decode(rounded)
 
 
 def test_reads_go_through_the_model_in_cache_sized_chunks_on_a_cpu():
-    assert training.read_chunk(CPU, 256) == training.CPU_READ_CHUNK == 32
-    assert training.read_chunk(CPU, 8) == 8 and training.read_chunk(torch.device("cuda"), 256) == 256
+    assert reading.read_chunk(CPU, 256) == reading.CPU_READ_CHUNK == 32
+    assert reading.read_chunk(CPU, 8) == 8 and reading.read_chunk(torch.device("cuda"), 256) == 256
     reader = make_reader(seed=4)
     images, _ = make_captchas(40)
     sizes: list[int] = []
     reader.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
-    chunked = training.read_logits(reader, images, batch_size=256)
+    chunked = reading.read_logits(reader, images, batch_size=256)
     assert sizes == [32, 8]
     assert not chunked.requires_grad  # no graph kept: a pool's reads would hold every activation
-    torch.testing.assert_close(chunked, torch.cat([training.read_logits(reader, images[:20]),
-                                                   training.read_logits(reader, images[20:])]))
+    torch.testing.assert_close(chunked, torch.cat([reading.read_logits(reader, images[:20]),
+                                                   reading.read_logits(reader, images[20:])]))
 
 
 def test_train_reader_is_deterministic(tmp_path):
@@ -424,7 +426,7 @@ def test_train_reader_deterministic_with_augment_and_dropout(tmp_path):
         images, labels = make_captchas(32)
         torch.manual_seed(11)
         reader = Reader(H, W, 2, 2, channels=CHANNELS, dropout=0.3)
-        log = training.train_reader(reader, LabelCoder("ab", 2, "positions"), images, labels, config, augment,
+        log = reader_training.train_reader(reader, LabelCoder("ab", 2, "positions"), images, labels, config, augment,
                                     tmp_path / name, CPU)
         runs.append((reader.state_dict(), log))
     assert runs[0][1] == runs[1][1]
@@ -512,7 +514,7 @@ def test_train_reader_never_validates_real_images(tmp_path, monkeypatch):
         images[row, 0, row] = 255
     labels = ["ab", "ba", "aa", "bb", "cc", "ca", "cb", "ac"]
     validated: list[int] = []
-    real_read = training.read_images
+    real_read = reading.read_images
 
     def spy_read(model, coder, batch, *args, **kwargs):
         validated.extend(int(np.flatnonzero(image[0])[0]) for image in batch)
@@ -526,12 +528,12 @@ def test_train_reader_never_validates_real_images(tmp_path, monkeypatch):
         trained.extend(batch_labels)
         return real_encode(batch_labels, device)
 
-    monkeypatch.setattr(training, "read_images", spy_read)
+    monkeypatch.setattr(reader_training, "read_images", spy_read)
     coder.encode = spy_encode
     torch.manual_seed(0)
     reader = Reader(H, W, 3, 2, channels=CHANNELS, dropout=0.0)
     config = reader_config(validation_share=0.5, epochs=2, batch_size=3)
-    training.train_reader(reader, coder, images, labels, config, None, tmp_path / "ck.pt", CPU, synthetic_count=4)
+    reader_training.train_reader(reader, coder, images, labels, config, None, tmp_path / "ck.pt", CPU, synthetic_count=4)
     assert len(validated) == 4  # 2 held out, read after each of 2 epochs
     assert set(validated) <= {0, 1, 2, 3}
     assert validated[:2] == validated[2:]  # the same held-out images every epoch
@@ -557,7 +559,7 @@ def run_gan(tmp_path: Path, name: str = "gan.pt", config: GanConfig | None = Non
     synthetic, labels, real = gan_data()
     refiner, discriminator = make_gan()
     reader = make_reader(seed=5) if with_reader else None
-    log = training.train_gan(refiner, discriminator, synthetic, labels, real, reader,
+    log = simgan.train_gan(refiner, discriminator, synthetic, labels, real, reader,
                              LabelCoder("ab", 2, "positions"), config or gan_config(), tmp_path / name, CPU,
                              reader_precision)
     return refiner, discriminator, log
@@ -605,7 +607,7 @@ def test_train_gan_history_zero_stays_empty(tmp_path):
 
 
 def test_train_gan_with_history_smaller_than_half_a_batch(tmp_path):
-    # BUG (training.py ImageHistory.push, reached from train_gan's discriminator_step): history_size 1 with
+    # BUG (image_history.py ImageHistory.push, reached from train_gan's discriminator_step): history_size 1 with
     # batch_size 4 pushes 2 refined images into a 1-slot buffer -> RuntimeError "shape mismatch".
     # params.yaml accepts any history_size >= 0, so e.g. history_size 8 with the default batch_size 32 crashes.
     _, _, log = run_gan(tmp_path, config=gan_config(history_size=1))
@@ -642,7 +644,7 @@ def test_train_gan_resumes_after_a_kill(tmp_path, monkeypatch):
     assert len(calls) == 1 and calls[0]["step"] == 2
     monkeypatch.undo()
     # kill it again after the pretrain-discriminator phase, with images in the history
-    real_save = training.save_checkpoint
+    real_save = checkpoints.save_checkpoint
     calls = []
 
     def save_then_kill_at_step_6(path, state):
@@ -651,7 +653,7 @@ def test_train_gan_resumes_after_a_kill(tmp_path, monkeypatch):
         if state["step"] == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_kill_at_step_6)
+    patch_saves(monkeypatch, save_then_kill_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         run_gan(tmp_path, "killed.pt", config=config)
     assert calls == [4, 6]  # resumed after step 2
@@ -676,7 +678,7 @@ def test_train_gan_ignores_checkpoint_of_another_config(tmp_path, monkeypatch):
 
 
 def test_train_gan_ignores_checkpoint_made_with_another_reader(tmp_path, monkeypatch):
-    # BUG (training.py train_gan, the ``run = fingerprint(...)`` line): the fingerprint covers the config, the
+    # BUG (simgan.py train_gan, the ``run = fingerprint(...)`` line): the fingerprint covers the config, the
     # images and labels and only *whether* there is a reader, not the reader's weights. If train-gan is killed,
     # the synthetic reader is retrained (e.g. new classifier params) and train-gan runs again, it resumes a
     # refiner trained for consistency with the old reader, so the output differs from a fresh run's and a
@@ -687,7 +689,7 @@ def test_train_gan_ignores_checkpoint_made_with_another_reader(tmp_path, monkeyp
 
     def run(name: str, reader_seed: int) -> Refiner:
         refiner, discriminator = make_gan()
-        training.train_gan(refiner, discriminator, synthetic, labels, real, make_reader(seed=reader_seed), coder,
+        simgan.train_gan(refiner, discriminator, synthetic, labels, real, make_reader(seed=reader_seed), coder,
                            config, tmp_path / name, CPU)
         return refiner
 
@@ -762,7 +764,7 @@ def test_train_gan_strong_self_regularization_keeps_refiner_near_identity(tmp_pa
     for weight in (0.0, 1000.0):
         config = gan_config(steps=12, self_regularization=weight, consistency=0.0)
         refiner, _, log = run_gan(tmp_path, f"{weight}.pt", config=config, with_reader=False)
-        refined = training.refine_images(refiner, synthetic, 8, CPU)
+        refined = simgan.refine_images(refiner, synthetic, 8, CPU)
         deviation[weight] = np.abs(refined.astype(int) - synthetic).mean() / 255
     # at initialisation the clamp alone gives 0.02 on binary images; the regulariser keeps it there or below
     assert deviation[1000.0] < 0.025
@@ -773,7 +775,7 @@ def test_train_gan_strong_self_regularization_keeps_refiner_near_identity(tmp_pa
 def test_refine_images_at_init_shapes_and_clamp():
     refiner, _ = make_gan()
     images = np.array([[[0, 255, 128, 3], [200, 50, 252, 10]]], np.uint8).repeat(5, axis=0)
-    refined = training.refine_images(refiner, images, batch_size=2, device=CPU)
+    refined = simgan.refine_images(refiner, images, batch_size=2, device=CPU)
     assert refined.shape == images.shape and refined.dtype == np.uint8
     # the zero-initialised output layer makes R(x) = sigmoid(logit(clamp(x, 0.02, 0.98))) = clamp(x)
     assert refined[0].tolist() == [[5, 250, 128, 5], [200, 50, 250, 10]]
@@ -783,7 +785,7 @@ def test_refine_images_at_init_shapes_and_clamp():
 def test_refine_images_at_init_keeps_the_label_structure():
     refiner, _ = make_gan()
     images, _ = make_captchas(12)
-    refined = training.refine_images(refiner, images, batch_size=5, device=CPU)
+    refined = simgan.refine_images(refiner, images, batch_size=5, device=CPU)
     assert np.abs(refined.astype(int) - images).max() == 5
     assert np.array_equal(refined > 127, images > 127)
     for original, output in zip(images, refined):
@@ -797,26 +799,26 @@ def test_refine_images_batch_size_does_not_matter_and_empty_input():
     with torch.no_grad():  # a refiner that changes things
         refiner.out.weight.normal_(0, 0.5)
     images, _ = make_captchas(7)
-    assert np.array_equal(training.refine_images(refiner, images, 2, CPU),
-                          training.refine_images(refiner, images, 100, CPU))
+    assert np.array_equal(simgan.refine_images(refiner, images, 2, CPU),
+                          simgan.refine_images(refiner, images, 100, CPU))
     empty = np.zeros((0, H, W), np.uint8)
-    out = training.refine_images(refiner, empty, 4, CPU)
+    out = simgan.refine_images(refiner, empty, 4, CPU)
     assert out.shape == (0, H, W) and out.dtype == np.uint8
 
 
 def test_patch_accuracy_complementary_and_extremes():
     _, discriminator = make_gan(seed=2)
     images, _ = make_captchas(9)
-    as_real = training.patch_accuracy(discriminator, images, real=True, device=CPU, batch_size=4)
-    as_fake = training.patch_accuracy(discriminator, images, real=False, device=CPU, batch_size=4)
+    as_real = simgan.patch_accuracy(discriminator, images, real=True, device=CPU, batch_size=4)
+    as_fake = simgan.patch_accuracy(discriminator, images, real=False, device=CPU, batch_size=4)
     assert 0.0 <= as_real <= 1.0
     assert as_real + as_fake == pytest.approx(1.0)
-    assert training.patch_accuracy(discriminator, images, True, CPU, batch_size=256) == pytest.approx(as_real)
+    assert simgan.patch_accuracy(discriminator, images, True, CPU, batch_size=256) == pytest.approx(as_real)
     with torch.no_grad():
         discriminator.net[-1].bias.fill_(1000.0)  # every patch "real"
-    assert training.patch_accuracy(discriminator, images, True, CPU) == 1.0
-    assert training.patch_accuracy(discriminator, images, False, CPU) == 0.0
-    assert training.patch_accuracy(discriminator, images[:0], True, CPU) == 0.0
+    assert simgan.patch_accuracy(discriminator, images, True, CPU) == 1.0
+    assert simgan.patch_accuracy(discriminator, images, False, CPU) == 0.0
+    assert simgan.patch_accuracy(discriminator, images[:0], True, CPU) == 0.0
 
 
 def test_every_accepted_image_size_builds_a_reader():

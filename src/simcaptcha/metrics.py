@@ -41,12 +41,3 @@ def confusion_pairs(predicted: list[str], truth: list[str]) -> list[tuple[str, s
             pairs.append((actual, guess[position] if position < len(guess) else ""))
     return pairs
 
-
-def equal_slices(images: np.ndarray, count: int) -> np.ndarray:
-    """Cut N×H×W captchas into ``count`` equal-width slices each: (N·count)×H×(W//count), captcha-major.
-
-    The "letters trick" baseline reads each slice with a single-glyph reader.
-    """
-    width = images.shape[2] // count
-    slices = [images[:, :, index * width:(index + 1) * width] for index in range(count)]
-    return np.stack(slices, axis=1).reshape(-1, images.shape[1], width)

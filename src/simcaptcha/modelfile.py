@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 from .config import BinarizeConfig, GanConfig, parse_section
 from .errors import SimcaptchaError
 from .models import PatchDiscriminator, Reader, Refiner
+from .reading import LabelCoder
 from .store import write_bytes
 
 READER_FORMAT = "simcaptcha-reader/1"
@@ -43,6 +44,10 @@ class ReaderSpec:
     def build(self, dropout: float = 0.0) -> Reader:
         """The network; ``dropout`` acts only while it trains, so the file does not keep it."""
         return Reader(self.height, self.width, len(self.charset), self.length, self.head, self.channels, dropout)
+
+    def coder(self) -> LabelCoder:
+        """Labels <-> this reader's classes."""
+        return LabelCoder(self.charset, self.length, self.head)
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

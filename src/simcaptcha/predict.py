@@ -31,7 +31,7 @@ from .imaging import binarize_images, decode_set
 from .modelfile import ReaderSpec, load_reader
 from .models import Reader
 from .machine import available_cores
-from .training import LabelCoder, pick_device, read_chunk, to_batch
+from .reading import pick_device, read_chunk, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
 
@@ -75,7 +75,7 @@ class Predictor:
                                   f"which does not fit {self.spec.height}x{self.spec.width} RGB images")
         self.device = pick_device()
         self.model = inference_reader(model).to(self.device, memory_format=torch.channels_last)
-        self.coder = LabelCoder(self.spec.charset, self.spec.length, self.spec.head)
+        self.coder = self.spec.coder()
 
     def preprocess(self, blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         return preprocess(blobs, names, self.spec, self.background)
