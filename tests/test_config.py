@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simcaptcha.config import (AugmentConfig, BinarizeConfig, Config, MaskConfig, RenderConfig, SelfTrainConfig,
                                load_config, parse_section)
@@ -228,3 +229,13 @@ def test_a_student_needs_four_conv_widths():
     with pytest.raises(SimcaptchaError, match=r"selftrain.student_channels must list 4 conv widths"):
         parse_section(SelfTrainConfig, {"student_channels": [32, 64]}, "selftrain")
     assert parse_section(SelfTrainConfig, {}, "selftrain").student_channels == []
+
+
+def test_per_position_heads_with_a_variable_length_are_refused_before_any_stage(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"render": {"length": [3, 6]}}))
+    with pytest.raises(SimcaptchaError, match=r"^params: classifier.head 'positions' reads a fixed length, but "
+                                              r"render.length is \[3, 6\]; use classifier.head 'ctc'$"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"render": {"length": [3, 6]}, "classifier": {"head": "ctc"}}))
+    assert load_config(path).render.length == [3, 6]

@@ -94,7 +94,7 @@ class RenderConfig:
     glyph_count: int = bounded(20000, 0)  # single-glyph images (the letters trick)
     fonts: list[str] = field(default_factory=lambda: ["*"])  # vendored family names; "*" all; "system" adds
     #                                                          system fonts
-    font_size: list[int] = bounded([26, 34], 4, 512)  # em size in pixels, min, max
+    font_size: list[int] = bounded([24, 32], 4, 512)  # em size in pixels, min, max
     stroke_width: list[int] = bounded([0, 1], 0, 8)  # extra outline, pixels
     rotation: list[float] = bounded([-30.0, 30.0], -180, 180)  # degrees per character
     glyph_width: list[float] = bounded([1.0, 1.0], 0.2, 5.0)  # each character's width times a factor from this
@@ -102,8 +102,8 @@ class RenderConfig:
     anchor_glyph_width: list[float] = bounded([0.5, 1.0], 0.2, 5.0)  # glyph_width of the anchor set (render.count
     #                                    more captchas) self-training keeps learning from: narrowed characters stop
     #                                    the reader telling a site's narrow m from n by the fonts' widths
-    spacing: list[int] = bounded([-2, 8], -64, 256)  # pixels between neighbouring characters (negative overlaps)
-    y_offset: list[int] = bounded([-8, 8], -256, 256)  # pixels per character from the vertical centre
+    spacing: list[int] = bounded([0, 12], -64, 256)  # pixels between neighbouring characters (negative overlaps)
+    y_offset: list[int] = bounded([-10, 10], -256, 256)  # pixels per character from the vertical centre
     placement: Literal["pool", "spacing"] = "pool"  # pool: text spans the columns the pool's text spans (estimate
     #                                                 stage), gaps even ± gap_jitter; spacing: gaps from spacing
     gap_jitter: int = bounded(2, 0, 64)  # pixels each gap may differ from the even share (placement pool)
@@ -177,8 +177,8 @@ class ClassifierConfig:
     weight_decay: float = bounded(1e-4, 0.0)
     validation_share: float = bounded(0.05, 0.0, 0.5)  # held-out synthetic images (never real ones)
     augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: training convolutions under autocast (CPUs
-    #                                                        with AMX and GPUs train a reader ~1.5-2x faster)
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: training convolutions under autocast, faster
+    #                                                        only where the hardware has it (AMX CPUs, GPUs)
     real_labels: int = bounded(0, 0)  # real labelled captchas allowed into training; evaluate skips them
     seed: int = bounded(0, 0)
 
@@ -214,7 +214,7 @@ class SelfTrainConfig:
 # ---------------------------------------------------------------- train-gan
 @dataclass(frozen=True)
 class GanConfig:
-    refiner_channels: int = bounded(16, 1, 256)  # the paper's 64 channels x 4 blocks trains at ~7 img/s on 2 cores
+    refiner_channels: int = bounded(16, 1, 256)  # narrower than the paper's 64 x 4 blocks: CPU-sized
     refiner_blocks: int = bounded(3, 1, 16)
     discriminator_channels: int = bounded(32, 1, 256)
     steps: int = bounded(600, 0)
@@ -290,6 +290,11 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        if self.classifier.head == "positions" and self.render.length[0] != self.render.length[1]:
+            raise SimcaptchaError(f"params: classifier.head 'positions' reads a fixed length, but render.length is "
+                                  f"{self.render.length}; use classifier.head 'ctc'")
 
     @property
     def training_augment(self) -> AugmentConfig | None:
