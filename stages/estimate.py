@@ -5,15 +5,13 @@ render-fonts draws the render.closest_fonts best fits at their fitted size and o
 
 import sys
 
-import numpy as np
-
 from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
-from simcaptcha.estimate import estimate_site, fitted_styles, pool_placement
-from simcaptcha.imaging import contact_sheet, save_png
+from simcaptcha.estimate import estimate_site, fonts_sheet
+from simcaptcha.imaging import save_png
 from simcaptcha.mask import load_mask
 from simcaptcha.pipeline import BINARIZED, ESTIMATE, IMAGES, MASK, stage_metrics
-from simcaptcha.rendering import Renderer, candidate_fonts
+from simcaptcha.rendering import candidate_fonts
 from simcaptcha.store import read_image_set, write_json
 
 
@@ -32,15 +30,7 @@ def main() -> None:
         if not render.length[0] <= site["length"] <= render.length[1]:
             print(f"warning: the pool looks like {site['length']} characters per captcha "
                   f"(range {site['length_range']}), but render.length is {render.length}", file=sys.stderr)
-        shown = fitted_styles(site, 8, 0.0)
-        rng = np.random.default_rng(0)
-        placement = pool_placement(site, render)
-        drawn = [Renderer(render, height, width, (style,), mask, **placement).captcha(rng) for style in shown]
-        captions = ["real"] * len(shown) + [f"{fit['font'].split('/')[-1][:18]} {fit['size']}px +{fit['stroke']}"
-                                            for fit in site["fonts"][:len(shown)]]
-        save_png(IMAGES / "estimate-fonts.png", contact_sheet(list(pool[:len(shown)]) + [image for image, _ in drawn],
-                                                              captions, columns=len(shown)))
-
+        save_png(IMAGES / "estimate-fonts.png", fonts_sheet(site, pool, render, mask))
 
 if __name__ == "__main__":
     run_main(main)

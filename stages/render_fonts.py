@@ -6,22 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from simcaptcha.config import RenderConfig, load_config
+from simcaptcha.config import load_config
 from simcaptcha.errors import run_main
-from simcaptcha.estimate import fitted_styles, load_site, pool_placement
+from simcaptcha.estimate import load_site, pool_placement, site_styles
 from simcaptcha.fonts import font_id
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.mask import site_mask
 from simcaptcha.pipeline import ESTIMATE, IMAGES, SYNTHETIC, stage_metrics
-from simcaptcha.rendering import FontStyle, Renderer, candidate_fonts, render_set, uniform_styles
+from simcaptcha.rendering import Renderer, render_set
 from simcaptcha.store import write_image_set
-
-
-def font_styles(config: RenderConfig, site: dict) -> tuple[FontStyle, ...]:
-    """The closest fonts as the estimate stage fitted them, or every font of render.fonts at the given sizes."""
-    if config.closest_fonts:
-        return fitted_styles(site, config.closest_fonts, config.size_spread)
-    return uniform_styles(candidate_fonts(config), config)
 
 
 def main() -> None:
@@ -29,7 +22,7 @@ def main() -> None:
     config = params.render
     height, width = params.binarize.size
     site = load_site(ESTIMATE)
-    styles = font_styles(config, site)
+    styles = site_styles(config, site)
     mask = site_mask(params)
     mask = np.zeros((height, width), dtype=bool) if mask is None else mask
     placement = pool_placement(site, config)

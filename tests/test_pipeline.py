@@ -108,7 +108,7 @@ def test_label_budget_grid(project):
     labelled = read_image_set(project / "data/binarized/labelled")
     test, _ = held_out_split(len(labelled), parse_section(BudgetConfig, budget_params(project), "budget"))
     model, spec, _ = load_reader(project / "data/models/refined.safetensors")
-    texts, _ = read_images(model, LabelCoder(spec.charset, spec.length, spec.head), labelled.images[test])
+    texts, _ = read_images(model, spec.coder(), labelled.images[test])
     expected = accuracy_figures(texts, [labelled.labels[row] for row in test])
     assert {key: point[key] for key in expected} == expected
 

@@ -38,8 +38,10 @@ def test_every_param_key_a_stage_reads_is_declared(name):
 
 # ---------------------------------------------------------------- params.yaml and targets say only what they change
 def declared_params() -> set[str]:
-    """Every section or SECTION.KEY some stage of dvc.yaml declares."""
-    return {entry for stage in STAGES.values() for entry in stage.get("do", stage).get("params", [])}
+    """Every section or SECTION.KEY some stage of dvc.yaml declares or interpolates (``${selftrain.start}``)."""
+    interpolated = {name for name in re.findall(r"\$\{([a-z_]+\.[a-z_]+)\}", (REPO / "dvc.yaml").read_text())
+                    if not name.startswith("item.")}  # foreach / matrix items, not params
+    return interpolated | {entry for stage in STAGES.values() for entry in stage.get("do", stage).get("params", [])}
 
 
 def leaves(tree: dict, prefix: str = "") -> dict:

@@ -31,9 +31,10 @@ from skimage.morphology import skeletonize
 from .config import EstimateConfig, RenderConfig
 from .errors import SimcaptchaError
 from .fonts import font_from_id, font_id
+from .imaging import contact_sheet
 from .machine import process_map
 from .progress import progress
-from .rendering import FontStyle, Renderer
+from .rendering import FontStyle, Renderer, candidate_fonts, uniform_styles
 from .store import read_json
 
 SHAPE_SIDE = 20  # components are compared as SHAPE_SIDE² images
@@ -238,3 +239,23 @@ def pool_placement(site: dict, render: RenderConfig) -> dict[str, np.ndarray | N
 def load_site(path) -> dict:
     """The estimate stage's result, with a one-line error when it is missing or torn."""
     return read_json(path, "run the estimate stage first")
+
+
+def site_styles(config: RenderConfig, site: dict) -> tuple[FontStyle, ...]:
+    """What render-fonts draws: the closest fonts as fitted to the pool, or every font of render.fonts at the
+    configured sizes (render.closest_fonts 0)."""
+    if config.closest_fonts:
+        return fitted_styles(site, config.closest_fonts, config.size_spread)
+    return uniform_styles(candidate_fonts(config), config)
+
+
+def fonts_sheet(site: dict, pool: np.ndarray, render: RenderConfig, mask: np.ndarray, count: int = 8) -> np.ndarray:
+    """A contact sheet to judge the font fit by eye: real captchas above, the best fitted fonts drawn below."""
+    shown = fitted_styles(site, count, 0.0)
+    rng = np.random.default_rng(0)
+    height, width = mask.shape
+    placement = pool_placement(site, render)
+    drawn = [Renderer(render, height, width, (style,), mask, **placement).captcha(rng)[0] for style in shown]
+    captions = ["real"] * len(shown) + [f"{fit['font'].split('/')[-1][:18]} {fit['size']}px +{fit['stroke']}"
+                                        for fit in site["fonts"][:len(shown)]]
+    return contact_sheet(list(pool[:len(shown)]) + drawn, captions, columns=len(shown))

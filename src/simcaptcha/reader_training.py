@@ -115,7 +115,8 @@ def train_reader(model: Reader, coder: LabelCoder, images: np.ndarray, labels: l
             predicted, _ = read_images(model, coder, images[held_out], device=device)
             truth = [labels[row] for row in held_out]
             measured = accuracy_figures(predicted, truth)
-            figures.update(val_char_accuracy=measured["char_accuracy"], val_captcha_accuracy=measured["captcha_accuracy"])
+            figures.update(val_char_accuracy=measured["char_accuracy"],
+                           val_captcha_accuracy=measured["captcha_accuracy"])
         log.append(figures)
         save_checkpoint(checkpoint, {"run": run, "epoch": epoch + 1, "log": log, **snapshot(parts)})
     return log
