@@ -1,6 +1,6 @@
 """The bad-input catalogue where it reaches a stage script, the security refusals, and fuzzing of the decoders.
 
-A stage's error is one line on stderr, exit status 2, and no output written; test_fetch.py, test_config.py,
+A stage's error is one line on stderr, exit status 1, and no output written; test_fetch.py, test_config.py,
 test_fonts.py, test_predict.py and test_modelfile.py prove each check at library level.
 """
 
@@ -64,7 +64,7 @@ def assert_one_line_error(stderr: str, *patterns: str) -> None:
 
 
 def stage_error(stage: Path, params: dict, project: Path, monkeypatch, capsys) -> str:
-    """Run a stage script here, as ``python stages/<script>`` would, with these params; it must exit with 2 and
+    """Run a stage script here, as ``python stages/<script>`` would, with these params; it must exit with 1 and
     leave the folder as it was. Returns its stderr. (In-process: a subprocess per stage costs seconds.)"""
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     before = files_under(project)
@@ -72,7 +72,7 @@ def stage_error(stage: Path, params: dict, project: Path, monkeypatch, capsys) -
     monkeypatch.setattr(sys, "argv", [str(stage), "synthetic"])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(stage), run_name="__main__")
-    assert exit_.value.code == 2
+    assert exit_.value.code == 1
     assert files_under(project) == before
     return capsys.readouterr().err
 
@@ -98,7 +98,7 @@ def test_fetch_stage_names_a_corrupt_image_on_one_line_even_with_a_line_break_in
     (tmp_path / "challenge.json").write_text(json.dumps(document))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fetch": {"unlabelled": {"sources": ["challenge.json"]}}}))
     result = run_stage("fetch.py", tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert_one_line_error(result.stderr, "fetch.unlabelled", "challenge.json: image 1 (bad\\nname)",
                           "not a readable image")
     assert files_under(tmp_path) == ["challenge.json", "params.yaml"]
@@ -115,7 +115,7 @@ def test_a_label_the_reader_cannot_give_stops_training(tmp_path, label, expected
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     before = files_under(tmp_path)
     result = run_stage("train_classifier.py", tmp_path, "synthetic")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert_one_line_error(result.stderr, "fetch.labelled", f"captcha 'n1' has the label {label!r}", "labels.csv",
                           expected)
     assert files_under(tmp_path) == before

@@ -84,7 +84,7 @@ def test_without_ddddocr_one_line_error(monkeypatch, capsys, project):
     monkeypatch.setitem(sys.modules, "ddddocr", None)  # import ddddocr raises ImportError
     with pytest.raises(SystemExit) as exit_info:
         run(monkeypatch, "--project", str(project))
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: ddddocr is not installed: pip install -e '.[bench]'\n"
 
 

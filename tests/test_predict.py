@@ -147,7 +147,7 @@ def test_missing_model_is_one_line_naming_it(tmp_path, png_folder):
     missing = tmp_path / "no-such-reader.safetensors"
     result = subprocess.run([str(script), "predict", "--model", str(missing), str(png_folder[0])],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and str(missing) in result.stderr and "Traceback" not in result.stderr
 
@@ -162,7 +162,7 @@ def test_a_file_that_is_not_a_reader(capsys, tmp_path, png_folder, kind):
     else:
         path.write_bytes(b"")
     code, out, err = run_cli(capsys, "--model", path, png_folder[0])
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.count("\n") == 1 and str(path) in err
 
 
@@ -170,7 +170,7 @@ def test_a_corrupt_image_is_named(capsys, tmp_path, model, challenge):
     imaging.save_png(tmp_path / "good.png", challenge[2][0])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code, out, err = run_cli(capsys, "--model", model, tmp_path)
-    assert code == 2 and out == ""  # nothing is written before the inputs are known to be readable
+    assert code == 1 and out == ""  # nothing is written before the inputs are known to be readable
     assert err.count("\n") == 1 and "broken.png" in err
 
 
@@ -180,7 +180,7 @@ def test_unreadable_or_empty_input(capsys, tmp_path, model, problem):
     if problem == "empty-folder":
         target.mkdir()
     code, out, err = run_cli(capsys, "--model", model, target)
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.count("\n") == 1 and str(target) in err
 
 

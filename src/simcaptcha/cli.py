@@ -1,16 +1,27 @@
-"""The ``simcaptcha`` command: what users run by hand beside ``dvc repro``."""
+"""Read text captchas with zero real labels: run the DVC pipeline on a target site, or read new captchas
+with a trained reader."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 
 from .config import Config, parse_section, read_yaml
-from .errors import SimcaptchaError, run_main
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SimcaptchaError, run_main
+
+EPILOG = f"""exit status:
+  {EXIT_OK:<4} success
+  {EXIT_ERROR:<4} an error in the data, params, input or output: one line "error: ..." on stderr
+  {EXIT_USAGE:<4} a bad command line
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
+"""
+_DELETE = object()  # a params key to remove: an entry of a mapping param, which has no default of its own
 
 
 def _hydra_value(value: object) -> str:
@@ -29,10 +40,11 @@ def _hydra_value(value: object) -> str:
 
 
 def _flatten(overrides: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) for every leaf; an empty mapping (a section left at its defaults) has none."""
     pairs = []
     for key, value in overrides.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             pairs.extend(_flatten(value, path + "."))
         else:
             pairs.append((path, value))
@@ -48,16 +60,21 @@ def committed_params() -> dict:
 
 
 def target_overrides(path: str | Path) -> list[str]:
-    """``-S key=value`` arguments that turn the workspace params into committed params + the target file.
+    """``-S`` arguments that turn the workspace params into committed params + the target file.
 
     ``dvc exp run -S`` edits the workspace params.yaml, so a previous target's values would leak into the
-    next run; every leaf that differs from the wanted value is set, not only those the target names.
+    next run: every leaf that differs from the wanted value is set, not only those the target names, and a
+    leaf the wanted params do not name goes back to its config.py default. ``++`` sets a key params.yaml
+    does not have yet (it holds only what differs from the defaults).
     """
-    wanted = _deep_merge(committed_params(), read_yaml(path) or {})
-    parse_section(Config, wanted, "")
+    target = read_yaml(path) or {}  # read first: a wrong target path is the error to report, not the workspace
+    wanted_params = _deep_merge(committed_params(), target)
+    parse_section(Config, wanted_params, "")
     current = dict(_flatten(read_yaml("params.yaml") or {}))
-    return [argument for key, value in _flatten(wanted) if current.get(key, object()) != value
-            for argument in ("-S", f"{key}={_hydra_value(value)}")]
+    defaults = dict(_flatten(dataclasses.asdict(Config())))
+    wanted = {**{key: defaults.get(key, _DELETE) for key in current}, **dict(_flatten(wanted_params))}
+    return [argument for key, value in wanted.items() if current.get(key, _DELETE) != value
+            for argument in ("-S", f"~{key}" if value is _DELETE else f"++{key}={_hydra_value(value)}")]
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:
@@ -76,7 +93,7 @@ def command_target(args: argparse.Namespace) -> None:
         command += ["--name", args.name]
     if args.queue:
         command.append("--queue")
-    if args.dry:
+    if args.dry_run:
         print(" ".join(command))
         return
     sys.exit(subprocess.call(command))
@@ -85,24 +102,41 @@ def command_target(args: argparse.Namespace) -> None:
 def command_predict(args: argparse.Namespace) -> None:
     from .predict import write_predictions  # torch is slow to import: only predict pays for it
 
-    write_predictions(args.model, args.inputs, args.batch_size, sys.stdout)
+    write_predictions(args.model, args.inputs, args.batch_size, args.output)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type, so that a bad number is a usage error like any other bad argument."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simcaptcha", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    target = commands.add_parser("target", help="run the pipeline on a target: dvc exp run with a file's params")
+    parser = argparse.ArgumentParser(prog="simcaptcha", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('simcaptcha')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    target = commands.add_parser("target", help="run the pipeline on a target: dvc exp run with a file's params",
+                                 description="Run the pipeline as a DVC experiment whose params are the committed "
+                                             "params.yaml with the target file's values on top; values an earlier "
+                                             "experiment left in the workspace params.yaml are reset.")
     target.add_argument("file", help="YAML file of params overrides, e.g. targets/kaggle.yaml")
-    target.add_argument("stages", nargs="*", help="run only up to these stages (default: the whole pipeline)")
+    target.add_argument("stages", nargs="*", default=[],  # a default, or argparse calls it required in errors
+                        help="run only up to these stages (default: the whole pipeline)")
     target.add_argument("--name", help="experiment name")
     target.add_argument("--queue", action="store_true", help="queue the experiment (run with dvc queue start)")
-    target.add_argument("--dry", action="store_true", help="print the dvc command instead of running it")
+    target.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
     target.set_defaults(handler=command_target)
-    predict = commands.add_parser("predict", help="read captchas with a trained reader file: CSV on stdout",
+    predict = commands.add_parser("predict", help="read captchas with a trained reader file into a CSV",
                                   description="Write name,prediction,confidence CSV for every image of the "
                                               "inputs, in input order; preprocessing comes from the model file.")
     predict.add_argument("--model", required=True, help="reader file, e.g. data/models/refined.safetensors")
-    predict.add_argument("--batch-size", type=int, default=512, help="images decoded and read at a time (512)")
+    predict.add_argument("--batch-size", type=positive_int, default=512,
+                         help="images decoded and read at a time (512)")
+    predict.add_argument("-o", "--output", metavar="FILE",
+                         help="write the CSV to FILE, whole or not at all (default and -: stdout)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image file, folder, zip/tar archive or challenge JSON; path or http(s) URL")
     predict.set_defaults(handler=command_predict)
@@ -112,3 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     run_main(lambda: args.handler(args))
+
+
+if __name__ == "__main__":
+    main()

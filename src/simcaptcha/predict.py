@@ -25,11 +25,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import FetchConfig, SourceConfig
-from .errors import SimcaptchaError
+from .errors import EXIT_ERROR, SimcaptchaError
 from .fetch import fetch_set
 from .imaging import binarize_images, decode_set
 from .modelfile import ReaderSpec, load_reader
 from .models import Reader
+from .store import atomic_path
 from .machine import available_cores
 from .reading import pick_device, read_chunk, to_batch
 
@@ -141,16 +142,49 @@ def _predict_batches(predictor: Predictor, blobs: list[bytes], names: list[str],
             yield from zip(names[start:start + batch_size], texts, confidences)
 
 
-def write_predictions(model_path: str | Path, inputs: Sequence[str], batch_size: int, stream: TextIO) -> None:
-    """``simcaptcha predict``: the CSV of ``predict`` on ``stream``; a reader that stops early (``| head``) is fine."""
+def write_predictions(model_path: str | Path, inputs: Sequence[str], batch_size: int,
+                      output: str | None = None) -> None:
+    """``simcaptcha predict``: the CSV of ``predict`` into the file ``output`` or on stdout (``None`` or ``-``).
+
+    The model and the inputs are checked before anything is written. A full disk is a one-line error.
+    """
+    rows = predict(model_path, inputs, batch_size)
+    if output in (None, "-"):
+        _write_stdout(rows)
+    else:
+        _write_file(rows, Path(output))
+
+
+def _write_stdout(rows: Iterable[tuple[str, str, float]]) -> None:
+    """A reader that stops early (``| head``) is fine: no error message, as for any Unix filter."""
     try:
-        write_csv(predict(model_path, inputs, batch_size), stream)
-        stream.flush()
+        write_csv(rows, sys.stdout)
+        sys.stdout.flush()
     except BrokenPipeError:
-        # Python would complain again when it flushes stdout at exit: point it at /dev/null first.
-        if stream is sys.stdout:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        _silence_stdout()
+        sys.exit(EXIT_ERROR)
+    except OSError as error:
+        _silence_stdout()
+        raise SimcaptchaError(f"stdout: {error.strerror or error}") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python would otherwise fail again flushing what is left of it at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _write_file(rows: Iterable[tuple[str, str, float]], path: Path) -> None:
+    """A file is written beside and renamed into place, so a failed run leaves no partial CSV; a device or a
+    pipe (``/dev/stdout``) cannot be replaced and is written as it is."""
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "w", encoding="utf-8", newline="") as stream:
+                write_csv(rows, stream)
+        else:
+            with atomic_path(path.resolve()) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
+                write_csv(rows, stream)
+    except OSError as error:
+        raise SimcaptchaError(f"{path}: {error.strerror or error}") from None
 
 
 def write_csv(rows: Iterable[tuple[str, str, float]], stream: TextIO) -> int:
