@@ -5,7 +5,6 @@ Runs as one process (dvc repro) or as several under torchrun: torchrun --nproc_p
 
 import sys
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -18,7 +17,7 @@ from simcaptcha.modelfile import load_reader, save_gan
 from simcaptcha.models import PatchDiscriminator, Refiner
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, IMAGES, METRICS, MODELS, stage_metrics
 from simcaptcha.reading import pick_device
-from simcaptcha.simgan import sample_sheet, train_gan
+from simcaptcha.simgan import sample_sheet, train_gan, training_summary
 from simcaptcha.store import read_image_set, write_csv
 
 
@@ -45,19 +44,12 @@ def main() -> None:
             save_gan(MODELS / "gan.safetensors", refiner, discriminator, config)
             write_csv(METRICS / "train-gan.csv", pd.DataFrame(log))  # one row per step
             save_png(IMAGES / "gan-samples.png", sample_sheet(refiner, real, synthetic.images, device))
-        collapsed = [row for row in log if row["phase"] == "collapsed"]
-        if collapsed:
-            print(f"warning: train-gan: the refiner collapsed at step {collapsed[0]['step']} (it changed pixels by "
-                  f"{collapsed[0]['refiner_regularization']:.2f} on average, above gan.collapse_change for "
-                  f"{config.collapse_steps} steps in a row); it is the refiner of step {collapsed[0]['restored_step']}",
-                  file=sys.stderr)
-        figures["collapsed_at_step"] = collapsed[0]["step"] if collapsed else None
-        last = [row for row in log[-50:] if "d_accuracy_real" in row and row["phase"] != "collapsed"]
-        for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
-            values = [row[key] for row in last if key in row]
-            if values:
-                figures[f"final_{key}"] = round(float(np.mean(values)), 4)
-        figures["history_size"] = log[-1]["history_size"] if log else 0
+        summary = training_summary(log)
+        if summary["collapsed_at_step"] is not None:
+            print(f"warning: train-gan: the refiner collapsed at step {summary['collapsed_at_step']} (its pixel "
+                  f"change stayed above gan.collapse_change for {config.collapse_steps} steps in a row); it is the "
+                  f"refiner of step {summary['restored_step']}", file=sys.stderr)
+        figures.update({key: value for key, value in summary.items() if key != "restored_step"})
         figures["real_images"] = len(real)
     rank_path(checkpoint).unlink(missing_ok=True)
     leave()

@@ -844,3 +844,16 @@ def test_patch_discriminator_output_grid():
     _, discriminator = make_gan()
     logits = discriminator(torch.zeros(3, 1, H, W))
     assert logits.shape == (3, 1, 4, 8)
+
+
+def test_training_summary_names_the_collapse_and_averages_the_last_steps():
+    log = [{"step": step, "phase": "adversarial", "d_accuracy_real": 0.5, "d_accuracy_refined": 1.0,
+            "refiner_regularization": 0.01 * step, "history_size": 8} for step in range(1, 61)]
+    summary = simgan.training_summary(log)
+    assert summary == {"collapsed_at_step": None, "restored_step": None, "final_d_accuracy_real": 0.5,
+                       "final_d_accuracy_refined": 1.0, "final_refiner_regularization": 0.355, "history_size": 8}
+    log.append({"step": 61, "phase": "collapsed", "restored_step": 50, "refiner_regularization": 0.9,
+                "history_size": 8})
+    summary = simgan.training_summary(log)
+    assert summary["collapsed_at_step"] == 61 and summary["restored_step"] == 50
+    assert summary["final_refiner_regularization"] == 0.36  # steps 12-60: the collapsed row is left out

@@ -159,6 +159,21 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
     return log
 
 
+def training_summary(log: list[dict]) -> dict:
+    """train-gan's figures: where the refiner collapsed (None: never), and the last 50 steps' mean discriminator
+    accuracies, pixel change and label consistency (a discriminator near 1.0 on both means the refiner lost)."""
+    collapsed = [row for row in log if row["phase"] == "collapsed"]
+    summary = {"collapsed_at_step": collapsed[0]["step"] if collapsed else None,
+               "restored_step": collapsed[0]["restored_step"] if collapsed else None}
+    last = [row for row in log[-50:] if "d_accuracy_real" in row and row["phase"] != "collapsed"]
+    for key in ("d_accuracy_real", "d_accuracy_refined", "refiner_regularization", "refiner_consistency"):
+        values = [row[key] for row in last if key in row]
+        if values:
+            summary[f"final_{key}"] = round(float(np.mean(values)), 4)
+    summary["history_size"] = log[-1]["history_size"] if log else 0
+    return summary
+
+
 def _copy_state(*modules: torch.nn.Module) -> list[dict]:
     return [{key: value.detach().clone() for key, value in module.state_dict().items()} for module in modules]
 
