@@ -7,9 +7,12 @@ only the figures that run wrote are kept.
 The clone (a git clone of HEAD with ../shared linked beside it) stays in .cache/targets/NAME, so its models
 can be used afterwards: simcaptcha predict --model .cache/targets/NAME/data/models/refined.safetensors ...
 The workspace's own params, lock file and metrics are not touched.
+run.json records when and where the run was made (date, the clone's commit, CPU model, cores) beside its wall
+time, so benchmarks/results_report.py can put every figure in docs/results.md beside its machine.
 """
 
 import argparse
+import datetime
 import os
 import shutil
 import subprocess
@@ -17,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from simcaptcha.machine import available_cores
 from simcaptcha.store import write_json
 
 ROOT = Path.cwd()
@@ -38,6 +42,39 @@ def clone_env(work: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(work / "src"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo or lscpu; "not recorded" where neither says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    try:
+        result = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "not recorded"
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name" and value.strip():
+            return value.strip()
+    return "not recorded"
+
+
+def commit_of(clone: Path) -> str:
+    """The commit the clone ran at (git rev-parse HEAD)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def run_record(target: str, stages: list[str], seconds: float, models: str, commit: str) -> dict:
+    """run.json: what ran, how long, and when and where (date, commit, CPU model, cores)."""
+    return {"target": target, "stages": stages or "all", "seconds": seconds, "models": models,
+            "date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu_model(),
+            "cores": available_cores()}
+
+
 def main() -> None:
     args, name = target_arguments(__doc__.splitlines()[0], stages=True)
     clone = ROOT / ".cache" / "targets" / name
@@ -48,6 +85,7 @@ def main() -> None:
     if shared.exists():
         (clone / "shared").symlink_to(shared.resolve())
     work = clone / "main"
+    commit = commit_of(work)  # before the run: an experiment run leaves HEAD alone, but say what was cloned
     began = time.time()
     start = time.perf_counter()
     code = subprocess.call(["simcaptcha", "target", str((ROOT / args.target).resolve()), *args.stages,
@@ -67,8 +105,8 @@ def main() -> None:
     for figure in ("label-budget.csv", "images/label-budget.png"):  # the label-budget table and chart
         if written(work / "metrics" / figure):
             shutil.copy(work / "metrics" / figure, out / Path(figure).name)
-    write_json(out / "run.json", {"target": args.target, "stages": args.stages or "all", "seconds": seconds,
-                                  "models": str((work / "data" / "models").relative_to(ROOT))})
+    write_json(out / "run.json", run_record(args.target, args.stages, seconds,
+                                            str((work / "data" / "models").relative_to(ROOT)), commit))
     print(f"{name}: {' '.join(args.stages) or 'whole pipeline'} in {seconds} s; figures in {out.relative_to(ROOT)}")
     print((out / "evaluate.json").read_text())
 
