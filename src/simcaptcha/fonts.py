@@ -118,6 +118,24 @@ def _sort_key(path: Path) -> tuple:
     return (0, family.lower(), family, file_name)
 
 
+def check_font_names(names: list[str]) -> None:
+    """Refuse an unknown family or a missing font file when params load, before any stage runs (``resolve_fonts``
+    opens the files later, when fonts are drawn)."""
+    families = vendored_families()
+    by_key = {_key(family) for family in families}
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise SimcaptchaError(f"params: render.fonts: font name {name!r} is not a non-empty string")
+        name = name.strip()
+        if name in (ALL_VENDORED, SYSTEM) or name.lower() == SYSTEM:
+            continue
+        if _looks_like_path(name):
+            if not Path(name).expanduser().is_file():
+                raise SimcaptchaError(f"params: render.fonts: font file {name} does not exist")
+        elif _key(name) not in by_key:
+            raise SimcaptchaError(f"params: render.fonts: {_unknown_family(name, families)}")
+
+
 def resolve_fonts(names: list[str]) -> list[Path]:
     """The font files that ``names`` select, de-duplicated, in a fixed order (see the module docstring)."""
     if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):

@@ -8,6 +8,7 @@ never unpickles: safetensors holds only tensors and strings.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from .store import write_bytes
 READER_FORMAT = "simcaptcha-reader/1"
 GAN_FORMAT = "simcaptcha-gan/1"
 BACKGROUND_KEY = "preprocessing.background"
+MAX_FILE_BYTES = 512 * 2**20  # a reader is a few MB; a larger file is refused before it is read
+HEADS = ("positions", "ctc")
+POLARITIES = ("light", "dark")
+MAX_LENGTH = 64  # render.length's bound
+MAX_CHANNELS = 1024  # classifier.channels' bound
+MIN_SIDE, MAX_SIDE = 8, 1024  # binarize.size's bounds
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,12 @@ def _sorted_header(data: bytes) -> bytes:
 
 def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise SimcaptchaError(f"{path}: not a regular file (a FIFO, socket or device is never read)")
+        if status.st_size > MAX_FILE_BYTES:
+            raise SimcaptchaError(f"{path}: {status.st_size} bytes, too large for a reader file "
+                                  f"(at most {MAX_FILE_BYTES})")
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
@@ -90,24 +103,62 @@ def save_reader(path: str | Path, model: Reader, spec: ReaderSpec, background: n
 
 def load_reader(path: str | Path, dropout: float = 0.0) -> tuple[Reader, ReaderSpec, np.ndarray | None]:
     """The reader in eval mode, its spec, and the site's background estimate (or None). ``dropout``: for a
-    reader that trains on (self-train, the label-budget points that start from a reader)."""
+    reader that trains on (self-train, the label-budget points that start from a reader).
+
+    The metadata is checked and the weights' shapes compared with the network it describes before the network
+    is built, so a tampered file costs no more memory than its own size."""
     path = Path(path)
     tensors, metadata = _read(path, READER_FORMAT)
+    spec = _reader_spec(path, metadata)
+    background = tensors.pop(BACKGROUND_KEY, None)
+    with torch.device("meta"):  # shapes only: no memory for a network of any size
+        expected = {key: tuple(value.shape) for key, value in spec.build().state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in tensors.items()}
+    if found != expected:
+        wrong = sorted(key for key in expected.keys() | found.keys() if expected.get(key) != found.get(key))
+        raise SimcaptchaError(f"{path}: weights do not match the model its metadata describes ({', '.join(wrong[:3])}"
+                              f"{' ...' if len(wrong) > 3 else ''})")
+    model = spec.build(dropout)
+    model.load_state_dict(tensors)
+    return model.eval(), spec, None if background is None else background.numpy()
+
+
+def _reader_spec(path: Path, metadata: dict[str, str]) -> ReaderSpec:
+    """The spec the metadata describes, every field checked: a wrong one names the file and the field."""
     try:
         values = {key: json.loads(metadata[key]) for key in ReaderSpec.__dataclass_fields__}
     except (KeyError, json.JSONDecodeError) as error:
         raise SimcaptchaError(f"{path}: model metadata is incomplete ({error})") from None
-    values["binarize"] = parse_section(BinarizeConfig, values["binarize"], "binarize")
-    values["channels"] = tuple(values["channels"])
-    values["trained_on_real"] = tuple(values["trained_on_real"])
-    spec = ReaderSpec(**values)
-    background = tensors.pop(BACKGROUND_KEY, None)
-    model = spec.build(dropout)
+
+    def refuse(key: str, wanted: str) -> SimcaptchaError:
+        return SimcaptchaError(f"{path}: model metadata {key} = {values[key]!r:.60} is not {wanted}")
+
+    def whole(value: object, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    charset = values["charset"]
+    if not isinstance(charset, str) or not charset or len(set(charset)) != len(charset):
+        raise refuse("charset", "a non-empty string of distinct characters")
+    if not whole(values["length"], 1, MAX_LENGTH):
+        raise refuse("length", f"a whole number from 1 to {MAX_LENGTH}")
+    if values["head"] not in HEADS:
+        raise refuse("head", f"one of {', '.join(HEADS)}")
+    channels = values["channels"]
+    if not (isinstance(channels, list) and len(channels) == 4 and all(whole(c, 1, MAX_CHANNELS) for c in channels)):
+        raise refuse("channels", f"four whole numbers from 1 to {MAX_CHANNELS}")
+    for key in ("height", "width"):
+        if not whole(values[key], MIN_SIDE, MAX_SIDE):
+            raise refuse(key, f"a whole number of pixels from {MIN_SIDE} to {MAX_SIDE}")
+    if values["polarity"] not in POLARITIES:
+        raise refuse("polarity", f"one of {', '.join(POLARITIES)}")
+    names = values["trained_on_real"]
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise refuse("trained_on_real", "a list of captcha names")
     try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise SimcaptchaError(f"{path}: weights do not match the model it describes ({str(error)[:200]})") from None
-    return model.eval(), spec, None if background is None else background.numpy()
+        binarize = parse_section(BinarizeConfig, values["binarize"], "binarize")
+    except SimcaptchaError as error:
+        raise SimcaptchaError(f"{path}: model metadata {str(error).removeprefix('params: ')}") from None
+    return ReaderSpec(**{**values, "binarize": binarize, "channels": tuple(channels), "trained_on_real": tuple(names)})
 
 
 def save_gan(path: str | Path, refiner: Refiner, discriminator: PatchDiscriminator, config: GanConfig) -> None:
