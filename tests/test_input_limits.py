@@ -143,7 +143,7 @@ def test_a_reader_file_that_is_a_device_or_too_large_is_refused(tmp_path):
     big = tmp_path / "big.safetensors"
     with open(big, "wb") as stream:
         stream.truncate(2**30)
-    with pytest.raises(SimcaptchaError, match=r"1073741824 bytes, too large for a reader file"):
+    with pytest.raises(SimcaptchaError, match=r"1073741824 bytes, above the model file limit 536870912$"):
         load_reader(big)
 
 

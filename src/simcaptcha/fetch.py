@@ -19,7 +19,6 @@ import lzma
 import os
 import random
 import re
-import stat
 import string
 import sys
 import tarfile
@@ -44,6 +43,7 @@ from .progress import progress
 from .config import FetchConfig, SourceConfig
 from .errors import SimcaptchaError
 from .imaging import decode_image
+from .store import read_regular_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 GENERATOR_PREFIX = "generator:"
@@ -161,22 +161,12 @@ def _get_bytes(spec: str, index: int, options: FetchConfig, cache_dir: Path, rol
 
 
 def _read_local_file(path: Path, spec: str, max_bytes: int) -> bytes:
-    """A regular file's bytes, at most ``max_bytes``: a FIFO or a device would block or never end."""
     try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise SimcaptchaError(f"{spec}: not a regular file (a FIFO, socket or device is never read)")
-        if status.st_size > max_bytes:
-            raise SimcaptchaError(f"{spec}: {status.st_size} bytes, above max_bytes {max_bytes}")
-        with open(path, "rb") as stream:
-            data = stream.read(max_bytes + 1)
+        return read_regular_file(path, max_bytes, "max_bytes", spec)
     except FileNotFoundError:
         raise SimcaptchaError(f"{spec}: no such file or folder") from None
     except OSError as error:
         raise SimcaptchaError(f"{spec}: cannot read ({error.strerror})") from None
-    if len(data) > max_bytes:  # it grew while it was read
-        raise SimcaptchaError(f"{spec}: more than max_bytes {max_bytes} bytes")
-    return data
 
 
 def _file_name(spec: str) -> str:

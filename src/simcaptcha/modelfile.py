@@ -8,7 +8,6 @@ never unpickles: safetensors holds only tensors and strings.
 from __future__ import annotations
 
 import json
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .config import BinarizeConfig, GanConfig, parse_section
 from .errors import SimcaptchaError
 from .models import PatchDiscriminator, Reader, Refiner
 from .reading import LabelCoder
-from .store import write_bytes
+from .store import regular_file_size, write_bytes
 
 READER_FORMAT = "simcaptcha-reader/1"
 GAN_FORMAT = "simcaptcha-gan/1"
@@ -73,12 +72,7 @@ def _sorted_header(data: bytes) -> bytes:
 
 def _read(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise SimcaptchaError(f"{path}: not a regular file (a FIFO, socket or device is never read)")
-        if status.st_size > MAX_FILE_BYTES:
-            raise SimcaptchaError(f"{path}: {status.st_size} bytes, too large for a reader file "
-                                  f"(at most {MAX_FILE_BYTES})")
+        regular_file_size(path, MAX_FILE_BYTES, "the model file limit")
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
@@ -109,7 +103,7 @@ def load_reader(path: str | Path, dropout: float = 0.0) -> tuple[Reader, ReaderS
     is built, so a tampered file costs no more memory than its own size."""
     path = Path(path)
     tensors, metadata = _read(path, READER_FORMAT)
-    spec = _reader_spec(path, metadata)
+    spec = reader_spec(path, metadata)
     background = tensors.pop(BACKGROUND_KEY, None)
     with torch.device("meta"):  # shapes only: no memory for a network of any size
         expected = {key: tuple(value.shape) for key, value in spec.build().state_dict().items()}
@@ -123,7 +117,7 @@ def load_reader(path: str | Path, dropout: float = 0.0) -> tuple[Reader, ReaderS
     return model.eval(), spec, None if background is None else background.numpy()
 
 
-def _reader_spec(path: Path, metadata: dict[str, str]) -> ReaderSpec:
+def reader_spec(path: Path, metadata: dict[str, str]) -> ReaderSpec:
     """The spec the metadata describes, every field checked: a wrong one names the file and the field."""
     try:
         values = {key: json.loads(metadata[key]) for key in ReaderSpec.__dataclass_fields__}

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,6 +76,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
     _remove(path)
     os.replace(tmp, path)
+
+
+def regular_file_size(path: Path, limit: int, limit_name: str, what: str = "") -> int:
+    """The size of a regular file of at most ``limit`` bytes: a FIFO or a device would block or never end, and
+    what is read is held in memory. ``what`` names the path in messages (default: the path)."""
+    what = what or str(path)
+    status = path.stat()  # FileNotFoundError and other OSErrors are the caller's to word
+    if not stat.S_ISREG(status.st_mode):
+        raise SimcaptchaError(f"{what}: not a regular file (a FIFO, socket or device is never read)")
+    if status.st_size > limit:
+        raise SimcaptchaError(f"{what}: {status.st_size} bytes, above {limit_name} {limit}")
+    return status.st_size
+
+
+def read_regular_file(path: Path, limit: int, limit_name: str, what: str = "") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``regular_file_size``), even one that grows."""
+    regular_file_size(path, limit, limit_name, what)
+    with open(path, "rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise SimcaptchaError(f"{what or path}: more than {limit_name} {limit} bytes")
+    return data
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
