@@ -4,10 +4,12 @@ Usage: python benchmarks/predict_speed.py [--model data/models/refined.safetenso
 Predicts the 3,000 embedded HackMIT sample captchas (challenge-17..19) ``--runs`` times: reading the challenge
 files, decoding, binarizing, the reader and CSV formatting, all timed. Uses the trained refined reader when it
 exists, else an untrained reader of the default params' size (same speed, meaningless predictions), and says
-which. Writes the figures to metrics/bench-predict.json.
+which. Then the same with the reader exported to ONNX and read by onnxruntime (``simcaptcha export``; skipped,
+and said, without the onnx extra). Writes the figures to metrics/bench-predict.json.
 """
 
 import argparse
+import importlib.util
 import io
 import os
 import tempfile
@@ -21,7 +23,7 @@ from simcaptcha.config import load_config
 from simcaptcha.imaging import decode_set, detect_polarity, estimate_background
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import METRICS
-from simcaptcha.predict import predict, read_inputs, write_csv
+from simcaptcha.predict import export_onnx, predict, read_inputs, write_csv
 from simcaptcha.store import write_json
 
 SAMPLES = [f"data/samples/hackmit2017/challenge-{number}" for number in (17, 18, 19)]
@@ -43,6 +45,20 @@ def untrained_reader(path: Path) -> ReaderSpec:
     return spec
 
 
+def timed_runs(model: Path, runs: int, batch_size: int) -> dict:
+    """``runs`` timed predictions of the samples, and their median captchas per second."""
+    timings = []
+    for run in range(runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        count = write_csv(predict(model, SAMPLES, batch_size), io.StringIO())
+        seconds = time.perf_counter() - start
+        timings.append({"captchas": count, "seconds": round(seconds, 3), "per_second": round(count / seconds),
+                        "cpu_per_wall": round((time.process_time() - cpu) / seconds, 2)})
+        print(f"run {run + 1}: {count} captchas in {seconds:.2f} s = {count / seconds:,.0f} captchas/s "
+              f"(process CPU time / wall time {timings[-1]['cpu_per_wall']:.2f})")
+    return {"runs": timings, "per_second": round(float(np.median([timing["per_second"] for timing in timings])))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=TRAINED)
@@ -60,20 +76,18 @@ def main() -> None:
         print(f"model: {model} ({kind})")
         figures = {"model": str(args.model), "kind": kind, "batch_size": args.batch_size,
                    "cores": len(os.sched_getaffinity(0)), "load_average_before": round(os.getloadavg()[0], 2)}
-        runs = []
-        for run in range(args.runs):
-            start, cpu = time.perf_counter(), time.process_time()
-            count = write_csv(predict(model, SAMPLES, args.batch_size), io.StringIO())
-            seconds = time.perf_counter() - start
-            runs.append({"captchas": count, "seconds": round(seconds, 3), "per_second": round(count / seconds),
-                         "cpu_per_wall": round((time.process_time() - cpu) / seconds, 2)})
-            print(f"run {run + 1}: {count} captchas in {seconds:.2f} s = {count / seconds:,.0f} captchas/s "
-                  f"(process CPU time / wall time {runs[-1]['cpu_per_wall']:.2f})")
-    figures["runs"] = runs
-    figures["per_second"] = round(float(np.median([run["per_second"] for run in runs])))
+        figures.update(timed_runs(model, args.runs, args.batch_size))
+        print(f"median: {figures['per_second']:,} captchas/s")
+        if all(importlib.util.find_spec(package) for package in ("onnx", "onnxruntime")):
+            export_onnx(model, Path(scratch) / "reader.onnx")
+            print("the same reader exported to ONNX, read by onnxruntime:")
+            figures["onnx"] = timed_runs(Path(scratch) / "reader.onnx", args.runs, args.batch_size)
+            print(f"median: {figures['onnx']['per_second']:,} captchas/s")
+        else:
+            print("onnx: skipped (pip install 'simcaptcha[onnx]' to measure it)")
     figures["load_average_after"] = round(os.getloadavg()[0], 2)
-    print(f"median: {figures['per_second']:,} captchas/s; load average {figures['load_average_before']} before, "
-          f"{figures['load_average_after']} after (other processes share the cores when it is above ~0.5)")
+    print(f"load average {figures['load_average_before']} before, {figures['load_average_after']} after "
+          f"(other processes share the cores when it is above ~0.5)")
     write_json(METRICS / "bench-predict.json", figures)
 
 

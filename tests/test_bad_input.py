@@ -27,7 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO, challenge_json, encode_image
 
 from simcaptcha.config import FetchConfig, SourceConfig
 from simcaptcha.errors import SimcaptchaError, run_main
@@ -42,9 +42,7 @@ FUZZ = settings(max_examples=150, deadline=None, database=None)
 
 
 def png(width: int = 8, height: int = 4, mode: str = "RGB", kind: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, kind)
-    return buffer.getvalue()
+    return encode_image(Image.new(mode, (width, height)), kind)
 
 
 def run_stage(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -93,9 +91,9 @@ def test_fetch_stage_refuses_an_empty_source_list(tmp_path, monkeypatch, capsys)
 
 def test_fetch_stage_names_a_corrupt_image_on_one_line_even_with_a_line_break_in_its_name(tmp_path):
     """The name comes from the data; its line break is escaped so the error stays one line."""
-    document = {"images": [{"name": "good", "jpg_base64": base64.b64encode(png()).decode()},
-                           {"name": "bad\nname", "jpg_base64": base64.b64encode(b"\xff\xd8 not a jpeg").decode()}]}
-    (tmp_path / "challenge.json").write_text(json.dumps(document))
+    (tmp_path / "challenge.json").write_bytes(challenge_json([
+        {"name": "good", "jpg_base64": base64.b64encode(png()).decode()},
+        {"name": "bad\nname", "jpg_base64": base64.b64encode(b"\xff\xd8 not a jpeg").decode()}]))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fetch": {"unlabelled": {"sources": ["challenge.json"]}}}))
     result = run_stage("fetch.py", tmp_path)
     assert result.returncode == 1
@@ -104,6 +102,7 @@ def test_fetch_stage_names_a_corrupt_image_on_one_line_even_with_a_line_break_in
     assert files_under(tmp_path) == ["challenge.json", "params.yaml"]
 
 
+@pytest.mark.slow  # the stage script in a subprocess imports torch and reads params: seconds per case
 @pytest.mark.parametrize("label, expected", [("ab!d", "'!' outside render.charset"),
                                              ("abc", "3 characters, outside render.length [4, 4]")])
 def test_a_label_the_reader_cannot_give_stops_training(tmp_path, label, expected):
@@ -191,11 +190,7 @@ def test_fuzzed_image_bytes_decode_or_are_refused(blob):
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
 
-def challenge(entries: list) -> bytes:
-    return json.dumps({"images": entries}).encode()
-
-
-VALID_CHALLENGE = challenge([{"name": f"n{index}", "jpg_base64": base64.b64encode(png()).decode()}
+VALID_CHALLENGE = challenge_json([{"name": f"n{index}", "jpg_base64": base64.b64encode(png()).decode()}
                              for index in range(2)])
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
@@ -203,7 +198,7 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats() | st.text(max
 ENTRIES = st.fixed_dictionaries({"name": st.text(max_size=8) | JSON_VALUES,
                                  "jpg_base64": st.sampled_from([base64.b64encode(png()).decode(), "ab*cd", "é"])
                                  | st.text(max_size=12) | JSON_VALUES})
-DOCUMENTS = st.one_of(mutated([VALID_CHALLENGE]), st.lists(ENTRIES | JSON_VALUES, max_size=3).map(challenge),
+DOCUMENTS = st.one_of(mutated([VALID_CHALLENGE]), st.lists(ENTRIES | JSON_VALUES, max_size=3).map(challenge_json),
                       JSON_VALUES.map(lambda value: json.dumps(value).encode()))
 
 
@@ -215,8 +210,8 @@ def fuzz_dir(tmp_path_factory) -> Path:
 @FUZZ
 @given(document=DOCUMENTS)
 @example(document=b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
-@example(document=challenge([{"name": "\ud800", "jpg_base64": base64.b64encode(png()).decode()}]))
-@example(document=challenge([{"name": "a\nb", "jpg_base64": "AAAA"}]))
+@example(document=challenge_json([{"name": "\ud800", "jpg_base64": base64.b64encode(png()).decode()}]))
+@example(document=challenge_json([{"name": "a\nb", "jpg_base64": "AAAA"}]))
 def test_fuzzed_challenge_json_is_stored_or_refused_on_one_line(fuzz_dir, document):
     """What the fetch stage does with a challenge file: read it and store it, or stop with one line."""
     source = fuzz_dir / "challenge"

@@ -14,50 +14,40 @@ import torch
 import yaml
 from dvc.utils.hydra import apply_overrides
 
+from helpers import CONSOLE_SCRIPT, GIT, run_cli
 from simcaptcha import cli, imaging
 from simcaptcha.cli import _hydra_value, target_overrides
 from simcaptcha.config import BinarizeConfig, Config, load_config, parse_section
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.modelfile import ReaderSpec, save_reader
 
-SCRIPT = os.path.join(os.path.dirname(sys.executable), "simcaptcha")  # the console script of this venv
 # A minimal committed params.yaml, as the project's: only what differs from config.py, every section named.
 COMMITTED = {"fetch": {"unlabelled": {"sources": ["data/challenge-17"]}}, "binarize": {}, "render": {}}
 EXIT_STATUSES = """exit status:
   0    success
-  1    an error in the data, params, input or output: one line "error: ..." on stderr
+  1    an error in the data, params, input or output: one line "error: ..." on stderr; with
+       predict --skip-bad, some inputs or images could not be read (the CSV is whole, their rows say why)
   2    a bad command line
   130  interrupted (Ctrl-C)
 """
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    """``simcaptcha ARGV`` in this process: exit status, stdout, stderr."""
-    code = 0
-    try:
-        cli.main(list(map(str, argv)))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------- conventions
 def test_version(capsys):
-    assert run(capsys, "--version") == (0, f"simcaptcha {version('simcaptcha')}\n", "")
+    assert run_cli(capsys, "--version") == (0, f"simcaptcha {version('simcaptcha')}\n", "")
 
 
 def test_help_has_no_markup_and_every_command_a_description(capsys):
     parser = cli.build_parser()
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "`" not in out and out.endswith("\n\n" + EXIT_STATUSES)
-    assert set(commands.choices) == {"target", "predict"}
+    assert set(commands.choices) == {"target", "predict", "export"}
     words = " ".join(out.split())  # as wrapped to the terminal's width
     for listed in commands._choices_actions:  # the one-line help of each command, in the top-level help
         assert listed.help and f" {listed.dest} {listed.help} " in words
     for name, command in commands.choices.items():
-        code, out, _ = run(capsys, name, "--help")
+        code, out, _ = run_cli(capsys, name, "--help")
         assert code == 0 and "`" not in out
         assert command.description and " ".join(command.description.split()) in " ".join(out.split())
 
@@ -70,12 +60,16 @@ def test_help_has_no_markup_and_every_command_a_description(capsys):
     (["target", "typo.yaml", "--dry-runs"], 2, "simcaptcha: error: unrecognized arguments: --dry-runs"),
     (["predict", "--model", "m", "--batch-size", "0", "x"], 2,
      "simcaptcha predict: error: argument --batch-size: must be at least 1, got 0"),
+    (["export", "--model", "m.safetensors", "--onnx", "m.onnx"], 1, "error: m.safetensors: no such model file"),
+    (["export", "--model", "m.safetensors"], 2,
+     "simcaptcha export: error: the following arguments are required: --onnx"),
 ])
 def test_exit_status_tells_a_data_error_from_a_usage_error(tmp_path, arguments, code, stderr):
     """1: the command line was right, the data or params were not (one line); 2: argparse refused the line."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(COMMITTED))
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"render": {"lenght": [5, 5]}}))
-    result = subprocess.run([SCRIPT, *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([CONSOLE_SCRIPT, *arguments], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == code
     assert (result.stderr.splitlines() or [""])[-1] == stderr
     assert code != 1 or result.stderr.count("\n") == 1
@@ -92,7 +86,7 @@ def test_the_module_runs_as_the_command():
 def repo(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(COMMITTED))
     for command in (["git", "init", "-q"], ["git", "add", "params.yaml"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+                    [*GIT, "commit", "-qm", "base"]):
         subprocess.run(command, cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -143,7 +137,7 @@ def test_applied_as_dvc_applies_them_the_overrides_give_the_wanted_params(repo):
 
 def test_dry_run_prints_the_dvc_command(repo, capsys):
     (repo / "kaggle.yaml").write_text(yaml.safe_dump({"binarize": {"size": [50, 200]}}))
-    assert run(capsys, "target", "kaggle.yaml", "mask", "--name", "k", "--queue", "--dry-run") == (
+    assert run_cli(capsys, "target", "kaggle.yaml", "mask", "--name", "k", "--queue", "--dry-run") == (
         0, "dvc exp run -S ++binarize.size=[50,200] mask --name k --queue\n", "")
 
 
@@ -174,10 +168,10 @@ def reader(tmp_path_factory):
 
 @pytest.mark.usefixtures("keep_torch_threads")
 def test_output_file_holds_what_stdout_would(capsys, tmp_path, reader):
-    code, csv_text, _ = run(capsys, "predict", "--model", reader[0], reader[1])
+    code, csv_text, _ = run_cli(capsys, "predict", "--model", reader[0], reader[1])
     assert code == 0 and [line.split(",")[0] for line in csv_text.splitlines()] == ["name", "x", "y", "z"]
-    assert run(capsys, "predict", "--model", reader[0], reader[1], "-o", "-") == (0, csv_text, "")
-    assert run(capsys, "predict", "--model", reader[0], reader[1], "--output", tmp_path / "out.csv") == (0, "", "")
+    assert run_cli(capsys, "predict", "--model", reader[0], reader[1], "-o", "-") == (0, csv_text, "")
+    assert run_cli(capsys, "predict", "--model", reader[0], reader[1], "--output", tmp_path / "out.csv") == (0, "", "")
     assert (tmp_path / "out.csv").read_text() == csv_text
     assert os.listdir(tmp_path) == ["out.csv"]
 
@@ -198,20 +192,21 @@ def test_a_failed_write_leaves_the_file_as_it_was(capsys, monkeypatch, tmp_path,
     monkeypatch.setattr("simcaptcha.predict.predict", _failing_rows(error))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out.csv").write_text("old\n")
-    assert run(capsys, "predict", "--model", "m", "in", "-o", "out.csv") == (code, "", f"error: {message}\n")
+    assert run_cli(capsys, "predict", "--model", "m", "in", "-o", "out.csv") == (code, "", f"error: {message}\n")
     assert (tmp_path / "out.csv").read_text() == "old\n" and os.listdir(tmp_path) == ["out.csv"]
 
 
 def test_a_full_device_as_output_is_one_line(capsys, monkeypatch):
     """/dev/full is written as it is (a device cannot be replaced by a file renamed over it)."""
     monkeypatch.setattr("simcaptcha.predict.predict", lambda *args: iter([("a", "ab", 0.5)]))
-    assert run(capsys, "predict", "--model", "m", "in", "-o", "/dev/full") == (
+    assert run_cli(capsys, "predict", "--model", "m", "in", "-o", "/dev/full") == (
         1, "", "error: /dev/full: No space left on device\n")
     assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: 2 s or more
 def test_stdout_on_a_full_disk_is_one_line(reader):
     with open("/dev/full", "w") as full:
-        result = subprocess.run([SCRIPT, "predict", "--model", str(reader[0]), str(reader[1])], stdout=full,
-                                stderr=subprocess.PIPE, text=True, timeout=120)
+        result = subprocess.run([CONSOLE_SCRIPT, "predict", "--model", str(reader[0]), str(reader[1])],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert (result.returncode, result.stderr) == (1, "error: stdout: No space left on device\n")

@@ -8,12 +8,11 @@ outline, so a fit can be checked against the truth. Images are 40×80 with three
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import captcha
 import numpy as np
 import pytest
 
+from helpers import FONT
 from simcaptcha.config import EstimateConfig, RenderConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.estimate import (TextComponents, estimate_length, estimate_site, fit_font, fitted_styles,
@@ -22,7 +21,6 @@ from simcaptcha.fonts import FONTDATA_DIR, font_id
 from simcaptcha.rendering import FontStyle, Renderer, render_set
 from simcaptcha.store import write_json
 
-FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
 BOLD = str(FONTDATA_DIR / "Liberation-Sans" / "LiberationSans-Bold.ttf")
 REGULAR = str(FONTDATA_DIR / "Liberation-Sans" / "LiberationSans-Regular.ttf")
 SCRIPT = str(FONTDATA_DIR / "Dancing-Script" / "DancingScript-Regular.otf")

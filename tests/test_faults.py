@@ -17,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from conftest import SAMPLES, TOOLS_ENV, _merge, _run, tiny_project
+from helpers import SAMPLES, TOOLS_ENV, out_paths, run_tool, set_params
 from test_fetch import fetch_http_server  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow  # every test here kills or reruns stages of a reproduced tiny pipeline
 
 KILLED_RUN = "killed_run"  # a column the killed run's checkpoint log gets, to tell a resumed run from a restart
 TIMINGS = {"seconds", "per_second"}  # wall-clock figures in the metrics files: all that may differ between runs
@@ -38,18 +39,6 @@ def one_core() -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, cores)
-
-
-def set_params(project: Path, overrides: dict) -> None:
-    path = project / "params.yaml"
-    path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False))
-
-
-def out_paths(project: Path, stage: str | None = None) -> list[str]:
-    """The outputs dvc.lock records, of one stage or of all."""
-    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    return sorted(out["path"] for name, entry in stages.items() if stage in (None, name)
-                  for out in entry.get("outs", []))
 
 
 def without_timings(figures: object) -> object:
@@ -114,43 +103,43 @@ def mark_checkpoint(path: Path) -> None:
     ("train-classifier@synthetic", {"classifier": {"epochs": 8}}, "train-classifier-synthetic.pt",
      "metrics/train-classifier-synthetic.csv"),
 ], ids=["train-gan", "train-classifier@synthetic"])
-def test_a_killed_training_stage_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, stage, overrides,
+def test_a_killed_training_stage_resumes_to_the_bytes_of_an_uninterrupted_run(tiny_project, stage, overrides,
                                                                                checkpoint, log):
-    project = tiny_project(tmp_path / "project")
+    project = tiny_project
     set_params(project, overrides)
     checkpoint = project / ".cache/checkpoints" / checkpoint
     outs = [path for path in out_paths(project, stage) if path != log]
     with one_core():
         kill_when(project, stage, checkpoint.exists)
         mark_checkpoint(checkpoint)
-        _run(["dvc", "repro", "-s", stage], project)
+        run_tool(["dvc", "repro", "-s", stage], project)
         resumed, resumed_log = artifacts(project, outs), pd.read_csv(project / log)
         assert leftovers(project) == [] and not checkpoint.exists()
-        _run(["dvc", "repro", "--force", "-s", stage], project)
+        run_tool(["dvc", "repro", "--force", "-s", stage], project)
     assert artifacts(project, outs) == resumed
     assert resumed_log.pop(KILLED_RUN).iloc[0] == 1  # the killed run's log went on: resumed, not restarted
     pd.testing.assert_frame_equal(resumed_log, pd.read_csv(project / log))
 
 
-def test_a_killed_render_restarts_to_the_bytes_of_an_uninterrupted_run(tmp_path):
+def test_a_killed_render_restarts_to_the_bytes_of_an_uninterrupted_run(tiny_project):
     """render-fonts keeps no checkpoint: killed between its two image sets, it renders both again."""
-    project = tiny_project(tmp_path / "project")
+    project = tiny_project
     set_params(project, {"render": {"count": 1000, "glyph_count": 20000}})
     outs = out_paths(project, "render-fonts")
     with one_core():
         kill_when(project, "render-fonts",
                   written_since(project / "data/synthetic/captchas/manifest.csv", time.time()))
         assert not (project / "data/synthetic/glyphs").exists()  # killed half-way: one set new, one missing
-        _run(["dvc", "repro", "-s", "render-fonts"], project)
+        run_tool(["dvc", "repro", "-s", "render-fonts"], project)
         restarted = artifacts(project, outs)
         assert leftovers(project) == []
-        _run(["dvc", "repro", "--force", "-s", "render-fonts"], project)
+        run_tool(["dvc", "repro", "--force", "-s", "render-fonts"], project)
     assert artifacts(project, outs) == restarted
 
 
-def test_a_killed_fetch_keeps_its_finished_downloads_and_gives_the_same_bytes(tmp_path, fetch_http_server):
+def test_a_killed_fetch_keeps_its_finished_downloads_and_gives_the_same_bytes(tiny_project, fetch_http_server):
     """The first source is downloaded; the second hangs until the kill. The next run asks only for the second."""
-    project = tiny_project(tmp_path / "project")
+    project = tiny_project
     first = fetch_http_server.serve("/c17", (SAMPLES / "challenge-17").read_bytes())
     second = fetch_http_server.serve("/c18", (SAMPLES / "challenge-18").read_bytes(), delay_s=60.0)
     set_params(project, {"fetch": {"unlabelled": {"sources": [first, second], "limit": 1300}}})
@@ -158,11 +147,11 @@ def test_a_killed_fetch_keeps_its_finished_downloads_and_gives_the_same_bytes(tm
     outs = out_paths(project, "fetch")
     kill_when(project, "fetch", downloaded.exists)
     fetch_http_server.routes["/c18"].delay_s = 0.0
-    _run(["dvc", "repro", "-s", "fetch"], project)
+    run_tool(["dvc", "repro", "-s", "fetch"], project)
     assert fetch_http_server.asked("/c17") == [None]  # once, by the killed run
     resumed = artifacts(project, outs)
     assert leftovers(project) == [] and not (project / ".cache/fetch").exists()
-    _run(["dvc", "repro", "--force", "-s", "fetch"], project)
+    run_tool(["dvc", "repro", "--force", "-s", "fetch"], project)
     assert artifacts(project, outs) == resumed
 
 
@@ -171,8 +160,8 @@ def test_a_killed_fetch_keeps_its_finished_downloads_and_gives_the_same_bytes(tm
     {"epoch": 1, "model": {}},  # an older layout: no run fingerprint
     torch.zeros(3),  # loads, but is not a checkpoint
 ], ids=["torn", "older-layout", "not-a-mapping"])
-def test_a_checkpoint_of_another_format_is_ignored_and_the_stage_finishes(tmp_path, content):
-    project = tiny_project(tmp_path / "project")
+def test_a_checkpoint_of_another_format_is_ignored_and_the_stage_finishes(tiny_project, content):
+    project = tiny_project
     checkpoint = project / ".cache/checkpoints/train-classifier-synthetic.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, bytes):
@@ -180,20 +169,20 @@ def test_a_checkpoint_of_another_format_is_ignored_and_the_stage_finishes(tmp_pa
     else:
         torch.save(content, checkpoint)
     with one_core():
-        _run([sys.executable, "stages/train_classifier.py", "synthetic"], project)
+        run_tool([sys.executable, "stages/train_classifier.py", "synthetic"], project)
     assert pd.read_csv(project / "metrics/train-classifier-synthetic.csv")["epoch"].tolist() == [1]  # its one epoch
     assert not checkpoint.exists()
 
 
 # ---------------------------------------------------------------- reproducibility
-def test_two_forced_repros_give_byte_identical_artifacts(tmp_path):
+def test_two_forced_repros_give_byte_identical_artifacts(tiny_project):
     """The tiny project comes reproduced from scratch; dvc repro --force does it all again, with the same thread
     count (no one_core: the template was built without it). Every output file, models included, must match, and
     every metrics file but for its wall times."""
-    project = tiny_project(tmp_path / "project")
+    project = tiny_project
     outs = out_paths(project)
     first = artifacts(project, outs)
-    _run(["dvc", "repro", "--force"], project)
+    run_tool(["dvc", "repro", "--force"], project)
     second = artifacts(project, outs)
     assert sorted(second) == sorted(first)
     assert [path for path in first if second[path] != first[path]] == []

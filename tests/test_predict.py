@@ -4,21 +4,20 @@ import base64
 import csv
 import dataclasses
 import io
-import json
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from skimage.filters import threshold_otsu
 
-from conftest import SAMPLES, SHARED_DATA
+from helpers import CHARSET, CONSOLE_SCRIPT, KAGGLE_ZIP, SAMPLES, challenge_json, encode_image, json_images, run_cli
 
-from simcaptcha import cli, imaging
+from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.modelfile import ReaderSpec, save_reader
@@ -26,9 +25,7 @@ from simcaptcha.predict import Predictor, inference_reader, predict, read_inputs
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
-CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789"
 CHALLENGE = SAMPLES / "challenge-19"
-KAGGLE_ZIP = SHARED_DATA / "kaggle_captcha_v2" / "captcha_images_v2.zip"
 HEADER = ["name", "prediction", "confidence"]
 
 
@@ -36,10 +33,9 @@ HEADER = ["name", "prediction", "confidence"]
 @pytest.fixture(scope="module")
 def challenge():
     """The embedded challenge file's names (in file order), encoded images and decoded 100x50 RGB images."""
-    entries = json.loads(CHALLENGE.read_text())["images"]
-    blobs = [base64.b64decode(entry["jpg_base64"]) for entry in entries]
+    names, blobs = map(list, zip(*json_images(CHALLENGE)))
     rgb = np.stack([imaging.fit_to_size(imaging.decode_image(blob, "t"), 50, 100) for blob in blobs])
-    return [entry["name"] for entry in entries], blobs, rgb
+    return names, blobs, rgb
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +71,6 @@ def png_folder(tmp_path_factory, challenge):
     return folder, names
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main(["predict", *map(str, argv)])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def rows_of(text: str) -> list[list[str]]:
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == HEADER
@@ -100,14 +86,14 @@ def check_rows(rows: list[list[str]], names: list[str]) -> None:
 
 # ---------------------------------------------------------------- the command
 def test_challenge_json(capsys, model, challenge):
-    code, out, _ = run_cli(capsys, "--model", model, CHALLENGE)
+    code, out, _ = run_cli(capsys, "predict", "--model", model, CHALLENGE)
     assert code == 0
     check_rows(rows_of(out), challenge[0])
 
 
 def test_folder_of_pngs(capsys, model, png_folder):
     folder, names = png_folder
-    code, out, _ = run_cli(capsys, "--model", model, folder)
+    code, out, _ = run_cli(capsys, "predict", "--model", model, folder)
     assert code == 0
     check_rows(rows_of(out), sorted(names))  # a folder is read in path order; the comma is quoted
 
@@ -115,7 +101,7 @@ def test_folder_of_pngs(capsys, model, png_folder):
 def test_zip_archive(capsys, model):
     with zipfile.ZipFile(KAGGLE_ZIP) as archive:
         members = sorted(name for name in archive.namelist() if name.endswith(".png"))
-    code, out, _ = run_cli(capsys, "--model", model, KAGGLE_ZIP)
+    code, out, _ = run_cli(capsys, "predict", "--model", model, KAGGLE_ZIP)
     assert code == 0
     check_rows(rows_of(out), [Path(member).stem for member in members])
 
@@ -134,18 +120,18 @@ def test_inputs_keep_their_order_and_batches_change_nothing(tmp_path, model, png
     assert same_image[1] == whole[0][1] and same_image[2] == pytest.approx(whole[0][2], rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: 2 s or more
 def test_console_script(model, png_folder):
-    script = Path(sys.executable).with_name("simcaptcha")
-    result = subprocess.run([str(script), "predict", "--model", str(model), str(png_folder[0])],
+    result = subprocess.run([CONSOLE_SCRIPT, "predict", "--model", str(model), str(png_folder[0])],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     check_rows(rows_of(result.stdout), sorted(png_folder[1]))
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: 2 s or more
 def test_missing_model_is_one_line_naming_it(tmp_path, png_folder):
-    script = Path(sys.executable).with_name("simcaptcha")
     missing = tmp_path / "no-such-reader.safetensors"
-    result = subprocess.run([str(script), "predict", "--model", str(missing), str(png_folder[0])],
+    result = subprocess.run([CONSOLE_SCRIPT, "predict", "--model", str(missing), str(png_folder[0])],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stdout == ""
@@ -161,7 +147,7 @@ def test_a_file_that_is_not_a_reader(capsys, tmp_path, png_folder, kind):
         save_file({"x": torch.zeros(2)}, str(path), {"format": "simcaptcha-gan/1"})
     else:
         path.write_bytes(b"")
-    code, out, err = run_cli(capsys, "--model", path, png_folder[0])
+    code, out, err = run_cli(capsys, "predict", "--model", path, png_folder[0])
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and str(path) in err
 
@@ -169,7 +155,7 @@ def test_a_file_that_is_not_a_reader(capsys, tmp_path, png_folder, kind):
 def test_a_corrupt_image_is_named(capsys, tmp_path, model, challenge):
     imaging.save_png(tmp_path / "good.png", challenge[2][0])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    code, out, err = run_cli(capsys, "--model", model, tmp_path)
+    code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path)
     assert code == 1 and out == ""  # nothing is written before the inputs are known to be readable
     assert err.count("\n") == 1 and "broken.png" in err
 
@@ -179,13 +165,13 @@ def test_unreadable_or_empty_input(capsys, tmp_path, model, problem):
     target = tmp_path / "inputs"
     if problem == "empty-folder":
         target.mkdir()
-    code, out, err = run_cli(capsys, "--model", model, target)
+    code, out, err = run_cli(capsys, "predict", "--model", model, target)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and str(target) in err
 
 
 def test_batch_size_must_be_positive(capsys, model, png_folder):
-    code, _, err = run_cli(capsys, "--model", model, "--batch-size", "0", png_folder[0])
+    code, _, err = run_cli(capsys, "predict", "--model", model, "--batch-size", "0", png_folder[0])
     assert code == 2 and "--batch-size" in err
 
 
@@ -295,3 +281,105 @@ def test_background_distance_matches_the_vector_norm(challenge, background):
     found = imaging.foreground_score(rgb, background, BinarizeConfig(), "light")
     assert found.dtype == np.float32
     np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- --skip-bad
+def _truncated_png(image: np.ndarray) -> bytes:
+    data = encode_image(Image.fromarray(image))
+    return data[:len(data) // 2]
+
+
+@pytest.fixture
+def mixed_inputs(tmp_path, challenge):
+    """Inputs in which some inputs and images cannot be read, and the rows --skip-bad gives for them (None: a
+    reading, the same as a run over the good images alone gives)."""
+    names, blobs, rgb = challenge
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    imaging.save_png(folder / "a.png", rgb[0])
+    (folder / "b.png").write_bytes(_truncated_png(rgb[1]))
+    imaging.save_png(folder / "c.png", rgb[2])
+    (folder / "d.png").write_bytes(b"")
+    entries = [{"name": name, "jpg_base64": base64.b64encode(blob).decode()} for name, blob in zip(names[:3], blobs)]
+    entries[1]["jpg_base64"] = base64.b64encode(_truncated_png(rgb[3])).decode()
+    (tmp_path / "some.json").write_bytes(challenge_json(entries))
+    (tmp_path / "bad.json").write_bytes(challenge_json([{"name": "x", "jpg_base64": "not base64!"}]))
+    (tmp_path / "other").mkdir()
+    imaging.save_png(tmp_path / "other" / "a.png", rgb[4])
+    missing = tmp_path / "missing.zip"
+    inputs = [folder, missing, tmp_path / "some.json", tmp_path / "bad.json", tmp_path / "other" / "a.png"]
+    rows = [
+        ["a", None],
+        ["b", "image 'b': not a readable image (image file is truncated)"],
+        ["c", None],
+        ["d", "image 'd': empty file (0 bytes)"],
+        [str(missing), f"{missing}: no such file or folder"],
+        [names[0], None],
+        [names[1], f"image {names[1]!r}: not a readable image (image file is truncated)"],
+        [names[2], None],
+        [str(tmp_path / "bad.json"), f"{tmp_path / 'bad.json'}: image 0 (x): jpg_base64 is not valid base64 "
+                                     f"(Only base64 data is allowed)"],
+        ["a", f"{tmp_path / 'other' / 'a.png'}: image name 'a' appears in an earlier input or entry"],
+    ]
+    good = [str(folder / "a.png"), str(folder / "c.png")]
+    (tmp_path / "good.json").write_bytes(challenge_json([entries[0], entries[2]]))
+    return [str(path) for path in inputs], rows, good + [str(tmp_path / "good.json")]
+
+
+def test_skip_bad_gives_a_row_for_each_unreadable_input_or_image(capsys, model, mixed_inputs):
+    inputs, expected, good = mixed_inputs
+    readings = {name: row for name, *row in predict(model, good)}
+    code, out, err = run_cli(capsys, "predict", "--model", model, "--skip-bad", *inputs)
+    assert code == 1
+    assert err == "error: 6 of 10 rows have no reading, the first 'b' (the error column says why)\n"
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == HEADER + ["error"]
+    assert [row[0] for row in rows[1:]] == [name for name, _ in expected]
+    for (name, text, confidence, error), (_, reason) in zip(rows[1:], expected):
+        if reason is None:  # read, as a run over the good images alone reads it
+            assert (text, error) == (readings[name][0], "")
+            assert float(confidence) == pytest.approx(readings[name][1], abs=1.0001e-4)
+        else:
+            assert (text, confidence, error) == ("", "0.0000", reason)
+
+
+def test_without_skip_bad_the_first_bad_input_stops_the_run(capsys, model, mixed_inputs):
+    code, out, err = run_cli(capsys, "predict", "--model", model, *mixed_inputs[0])
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "missing.zip: no such file or folder" in err
+
+
+def test_skip_bad_rows_do_not_depend_on_the_batches(model, mixed_inputs):
+    inputs = mixed_inputs[0]
+    whole = list(predict(model, inputs, batch_size=512, skip_bad=True))
+    for batch_size in (1, 3):  # every image a batch; batches wholly unreadable and partly so
+        rows = list(predict(model, inputs, batch_size=batch_size, skip_bad=True))
+        assert [(row[0], row[1], row[3]) for row in rows] == [(row[0], row[1], row[3]) for row in whole]
+        assert np.allclose([row[2] for row in rows], [row[2] for row in whole], rtol=1e-4, atol=1e-7)
+
+
+def test_skip_bad_with_nothing_bad_is_a_success_with_an_empty_error_column(capsys, tmp_path, model, png_folder):
+    code, plain, _ = run_cli(capsys, "predict", "--model", model, png_folder[0])
+    assert run_cli(capsys, "predict", "--model", model, "--skip-bad", png_folder[0], "-o", tmp_path / "out.csv") == (
+        0, "", "")
+    with_errors = list(csv.reader(io.StringIO((tmp_path / "out.csv").read_text())))
+    assert with_errors == [row + ["error" if number == 0 else ""]
+                           for number, row in enumerate(csv.reader(io.StringIO(plain)))]
+
+
+def test_skip_bad_writes_the_whole_file_then_fails(capsys, tmp_path, model, mixed_inputs):
+    out = tmp_path / "out.csv"
+    code, stdout, err = run_cli(capsys, "predict", "--model", model, "--skip-bad", *mixed_inputs[0], "-o", out)
+    assert (code, stdout) == (1, "") and err.startswith("error: 6 of 10 rows have no reading")
+    assert len(out.read_text().splitlines()) == 11
+
+
+def test_skip_bad_names_that_cannot_be_written_are_escaped(capsys, tmp_path, model, challenge):
+    """A name that is not Unicode text is written escaped, and refused; a reason is one line whatever the name."""
+    data = challenge_json([{"name": "\ud800", "jpg_base64": base64.b64encode(challenge[1][0]).decode()},
+                           {"name": "two\nlines", "jpg_base64": base64.b64encode(b"junk").decode()}])
+    (tmp_path / "odd.json").write_bytes(data)
+    code, out, _ = run_cli(capsys, "predict", "--model", model, "--skip-bad", tmp_path / "odd.json")
+    rows = list(csv.reader(io.StringIO(out)))[1:]
+    assert code == 1 and [row[:3] for row in rows] == [["\\ud800", "", "0.0000"], ["two\nlines", "", "0.0000"]]
+    assert rows[0][3] == f"{tmp_path / 'odd.json'}: image 0 (\\ud800): image name is not valid Unicode text"
+    assert rows[1][3].startswith("image 'two\\nlines': not a readable image (") and "\n" not in rows[1][3]

@@ -6,27 +6,27 @@ packages the tests skip. Push and pull times are printed (pytest -s).
 """
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import s3fs
-import yaml
 
 import servers
-from conftest import _run, tiny_project
+from helpers import GIT, copy_project, out_paths, run_tool
+
+pytestmark = pytest.mark.slow  # each test starts a server and pushes a reproduced tiny pipeline through it
 
 REMOTE = "storage"
-COMMIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+COMMIT = [*GIT, "commit", "-qm"]
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> Path:
+def reproduced(tiny_template, tmp_path_factory) -> Path:
     """The tiny pipeline, run once and committed with its dvc.lock and metrics; each test pushes from a copy."""
-    root = tiny_project(tmp_path_factory.mktemp("reproduced") / "project")
-    _run(["git", "add", "-A"], root)
-    _run([*COMMIT, "reproduced"], root)
+    root = copy_project(tiny_template, tmp_path_factory.mktemp("reproduced") / "project")
+    run_tool(["git", "add", "-A"], root)
+    run_tool([*COMMIT, "reproduced"], root)
     return root
 
 
@@ -50,25 +50,24 @@ def test_s3_round_trip(reproduced, tmp_path):
 def _round_trip(reproduced: Path, work: Path, url: str, settings: dict[str, str], secrets: dict[str, str]) -> None:
     """Pushes from a copy of the reproduced project, with the remote committed and its secrets kept local, pulls
     into a git clone of that copy given the secrets again, and checks the clone is complete and up to date."""
-    first = work / "first"
-    shutil.copytree(reproduced, first, symlinks=True)
-    _run(["dvc", "remote", "add", "-d", REMOTE, url], first)
+    first = copy_project(reproduced, work / "first")
+    run_tool(["dvc", "remote", "add", "-d", REMOTE, url], first)
     for option, value in settings.items():
-        _run(["dvc", "remote", "modify", REMOTE, option, value], first)
+        run_tool(["dvc", "remote", "modify", REMOTE, option, value], first)
     _keep_secrets(first, secrets)
-    _run(["git", "add", ".dvc/config"], first)
-    _run([*COMMIT, f"remote {REMOTE}"], first)
+    run_tool(["git", "add", ".dvc/config"], first)
+    run_tool([*COMMIT, f"remote {REMOTE}"], first)
     push = _timed(["dvc", "push", "--run-cache"], first)
 
     second = work / "second"
-    _run(["git", "clone", "-q", str(first), str(second)], work)
+    run_tool(["git", "clone", "-q", str(first), str(second)], work)
     _keep_secrets(second, secrets)
     pull = _timed(["dvc", "pull", "--run-cache"], second)
     print(f"\n{url.split(':')[0]}: push {push:.1f} s, pull {pull:.1f} s")
 
-    repro = _run(["dvc", "repro"], second)
+    repro = run_tool(["dvc", "repro"], second)
     assert "Running stage" not in repro and "Data and pipelines are up to date." in repro, repro
-    status = _run(["dvc", "status", "--cloud"], second)
+    status = run_tool(["dvc", "status", "--cloud"], second)
     assert f"Cache and remote '{REMOTE}' are in sync." in status, status
     assert _output_digests(second) == _output_digests(first)
 
@@ -76,22 +75,20 @@ def _round_trip(reproduced: Path, work: Path, url: str, settings: dict[str, str]
 def _keep_secrets(repo: Path, secrets: dict[str, str]) -> None:
     """Sets the remote's credentials in .dvc/config.local, which git ignores, and checks none reached .dvc/config."""
     for option, value in secrets.items():
-        _run(["dvc", "remote", "modify", "--local", REMOTE, option, value], repo)
+        run_tool(["dvc", "remote", "modify", "--local", REMOTE, option, value], repo)
     committed = (repo / ".dvc" / "config").read_text()
     assert not any(value in committed for value in secrets.values())
-    assert _run(["git", "check-ignore", ".dvc/config.local"], repo).strip() == ".dvc/config.local"
+    assert run_tool(["git", "check-ignore", ".dvc/config.local"], repo).strip() == ".dvc/config.local"
 
 
 def _timed(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
-    _run(args, cwd)
+    run_tool(args, cwd)
     return time.perf_counter() - start
 
 
 def _output_digests(repo: Path) -> dict[str, str]:
     """The md5 of every file of every stage output that dvc.lock records, by path."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-    files = [path for out in outs for path in [repo / out, *(repo / out).rglob("*")] if path.is_file()]
+    files = [path for out in out_paths(repo) for path in [repo / out, *(repo / out).rglob("*")] if path.is_file()]
     assert files, f"no stage output in {repo}"
     return {str(path.relative_to(repo)): hashlib.md5(path.read_bytes()).hexdigest() for path in files}

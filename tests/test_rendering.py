@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import captcha
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from skimage.measure import label as label_components
 
+from helpers import CHARSET, FONT
 from simcaptcha import rendering
 from simcaptcha.config import RenderConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.fonts import FONTDATA_DIR
 from simcaptcha.rendering import CHUNK, Renderer, fonts_with_glyphs, render_set, uniform_styles
-
-# A font that ships inside a declared dependency, so the tests run on a fresh machine.
-FONT = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
-CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def make_renderer(height: int = 50, width: int = 100, mask: np.ndarray | None = None,

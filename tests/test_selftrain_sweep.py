@@ -1,16 +1,13 @@
 """benchmarks/selftrain_sweep.py: the variants file (labels, YAML values, comments, and its errors)."""
 
-import importlib.util
 import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO, load_script
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbours, as when run
-LOADER = importlib.util.spec_from_file_location("selftrain_sweep", REPO / "benchmarks" / "selftrain_sweep.py")
-sweep = importlib.util.module_from_spec(LOADER)
-LOADER.loader.exec_module(sweep)
+sweep = load_script(REPO / "benchmarks" / "selftrain_sweep.py")
 
 
 def test_variants_are_labels_with_yaml_values(tmp_path):

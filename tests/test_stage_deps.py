@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO
 from simcaptcha import pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "simcaptcha"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 SINGLE = {name: stage for name, stage in STAGES.items() if "foreach" not in stage and "matrix" not in stage}
 

@@ -17,7 +17,8 @@ from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Simcaptch
 
 EPILOG = f"""exit status:
   {EXIT_OK:<4} success
-  {EXIT_ERROR:<4} an error in the data, params, input or output: one line "error: ..." on stderr
+  {EXIT_ERROR:<4} an error in the data, params, input or output: one line "error: ..." on stderr; with
+       predict --skip-bad, some inputs or images could not be read (the CSV is whole, their rows say why)
   {EXIT_USAGE:<4} a bad command line
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
 """
@@ -100,9 +101,15 @@ def command_target(args: argparse.Namespace) -> None:
 
 
 def command_predict(args: argparse.Namespace) -> None:
-    from .predict import write_predictions  # torch is slow to import: only predict pays for it
+    from .predict import write_predictions  # torch is slow to import: only predict and export pay for it
 
-    write_predictions(args.model, args.inputs, args.batch_size, args.output)
+    write_predictions(args.model, args.inputs, args.batch_size, args.output, args.skip_bad)
+
+
+def command_export(args: argparse.Namespace) -> None:
+    from .predict import export_onnx
+
+    export_onnx(args.model, args.onnx)
 
 
 def positive_int(text: str) -> int:
@@ -132,14 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="read captchas with a trained reader file into a CSV",
                                   description="Write name,prediction,confidence CSV for every image of the "
                                               "inputs, in input order; preprocessing comes from the model file.")
-    predict.add_argument("--model", required=True, help="reader file, e.g. data/models/refined.safetensors")
+    predict.add_argument("--model", required=True,
+                         help="reader file, e.g. data/models/refined.safetensors, or its ONNX export (.onnx: needs "
+                              "pip install 'simcaptcha[onnx]')")
     predict.add_argument("--batch-size", type=positive_int, default=512,
                          help="images decoded and read at a time (512)")
     predict.add_argument("-o", "--output", metavar="FILE",
                          help="write the CSV to FILE, whole or not at all (default and -: stdout)")
+    predict.add_argument("--skip-bad", action="store_true",
+                         help="an input or image that cannot be read gets a row with an empty reading, confidence "
+                              "0 and the reason in a fourth column, error, and the rest is read (exit status 1 if "
+                              "any failed); without it the first stops the run")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image file, folder, zip/tar archive or challenge JSON; path or http(s) URL")
     predict.set_defaults(handler=command_predict)
+    export = commands.add_parser("export", help="write a reader file as an ONNX model for other runtimes",
+                                 description="Export a reader file to an ONNX graph (opset 17, any batch size) with "
+                                             "its preprocessing in the model's metadata; predict --model FILE.onnx "
+                                             "reads with it through onnxruntime.")
+    export.add_argument("--model", required=True, help="reader file, e.g. data/models/refined.safetensors")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write, whole or not at all")
+    export.set_defaults(handler=command_export)
     return parser
 
 

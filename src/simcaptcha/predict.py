@@ -2,6 +2,7 @@
 
 Everything about preprocessing comes from the model file (image size, binarize params, the site's background
 estimate and text polarity), so a reader trained on one target reads that target's captchas with nothing else.
+The model file is a safetensors reader (read by torch) or its ONNX export (``.onnx``, read by onnxruntime).
 Inputs are whatever ``fetch`` reads (challenge JSON, zip/tar archives, folders, single images; paths or URLs);
 images are decoded, binarized and read one batch at a time, the next batch being prepared while the reader
 reads the current one, so memory stays bounded by the encoded files plus one or two batches.
@@ -26,15 +27,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import FetchConfig, SourceConfig
 from .errors import EXIT_ERROR, SimcaptchaError
-from .fetch import fetch_set
-from .imaging import binarize_images, decode_set
+from .fetch import fetch_set, source_images
+from .imaging import binarize_images, decode_image, decode_set, fit_to_size
 from .modelfile import ReaderSpec, load_reader
 from .models import Reader
+from .onnxfile import ONNX_SUFFIX, load_onnx, write_onnx
 from .store import atomic_path
 from .machine import available_cores
 from .reading import pick_device, read_chunk, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
+ERROR_COLUMN = "error"  # with --skip-bad: why a row has no reading, empty where it has one
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -43,6 +46,22 @@ def preprocess(blobs: Sequence[bytes], names: Sequence[str], spec: ReaderSpec,
     """Encoded images -> the reader's input, uint8 N×H×W with text 255: decode, fit, binarize as the file says."""
     rgb = decode_set(blobs, names, spec.height, spec.width)
     return binarize_images(rgb, background, spec.binarize, spec.polarity)
+
+
+def preprocess_each(blobs: Sequence[bytes], names: Sequence[str], reasons: Sequence[str], spec: ReaderSpec,
+                    background: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """``preprocess`` for --skip-bad: an image that does not decode is left out, not fatal. Returns the images that
+    decode, and why each image was left out ("" where it was not); ``reasons`` are those already known."""
+    reasons = list(reasons)
+    rgb = []
+    for index, (blob, name) in enumerate(zip(blobs, names)):
+        if not reasons[index]:
+            try:
+                rgb.append(fit_to_size(decode_image(blob, f"image {name!r}"), spec.height, spec.width))
+            except SimcaptchaError as error:
+                reasons[index] = _reason(error)
+    fitted = np.stack(rgb) if rgb else np.zeros((0, spec.height, spec.width, 3), np.uint8)
+    return binarize_images(fitted, background, spec.binarize, spec.polarity), reasons
 
 
 # ---------------------------------------------------------------- the reader
@@ -64,22 +83,40 @@ def inference_reader(model: Reader) -> Reader:
     return model
 
 
+def reading_threads() -> int:
+    """Threads for the reader on the CPU: one core is left to the thread that decodes and binarizes the next batch.
+
+    On a busy machine this matters more: two torch threads on two shared cores wait on each other at every layer
+    (measured 2.4x slower than one thread while another process kept one of the two cores busy).
+    """
+    return max(1, available_cores() - 1)
+
+
 class Predictor:
-    """A reader file, loaded once: preprocessing and reading for batches of encoded images."""
+    """A reader file, loaded once: preprocessing and reading for batches of encoded images. A ``.onnx`` file (made
+    by ``simcaptcha export``) is read by onnxruntime on the CPU, any other as a safetensors reader by torch."""
 
     def __init__(self, model_path: str | Path):
-        model, self.spec, self.background = load_reader(model_path)
+        if Path(model_path).suffix.lower() == ONNX_SUFFIX:
+            self.model, self.spec, self.background = load_onnx(model_path, reading_threads())
+            self.device = torch.device("cpu")
+        else:
+            model, self.spec, self.background = load_reader(model_path)
+            self.device = pick_device()
+            self.model = inference_reader(model).to(self.device, memory_format=torch.channels_last)
         fits = ((1, self.spec.width), (self.spec.height, 1), (self.spec.height, self.spec.width))
         if self.background is not None and (self.background.ndim != 3 or self.background.shape[2] != 3
                                             or self.background.shape[:2] not in fits):
             raise SimcaptchaError(f"{model_path}: its background has shape {tuple(self.background.shape)}, "
                                   f"which does not fit {self.spec.height}x{self.spec.width} RGB images")
-        self.device = pick_device()
-        self.model = inference_reader(model).to(self.device, memory_format=torch.channels_last)
         self.coder = self.spec.coder()
 
     def preprocess(self, blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         return preprocess(blobs, names, self.spec, self.background)
+
+    def preprocess_each(self, blobs: Sequence[bytes], names: Sequence[str],
+                        reasons: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        return preprocess_each(blobs, names, reasons, self.spec, self.background)
 
     @torch.inference_mode()
     def read(self, images: np.ndarray) -> tuple[list[str], list[float]]:
@@ -106,60 +143,143 @@ def read_inputs(inputs: Sequence[str]) -> tuple[list[bytes], list[str]]:
     return blobs, manifest["name"].tolist()
 
 
-def predict(model_path: str | Path, inputs: Sequence[str], batch_size: int = 512) -> Iterator[tuple[str, str, float]]:
+def read_each_input(inputs: Sequence[str]) -> tuple[list[bytes], list[str], list[str]]:
+    """``read_inputs`` for --skip-bad: also why each image cannot be read ("" where it can, as far as known here).
+
+    An input that cannot be read at all is one entry named by the input; a name met before, or one that is not
+    Unicode text, is refused for its image alone. Images are not checked to decode here, as fetch_set would (and
+    stop at the first that does not): ``preprocess_each`` decodes them one by one, batch by batch.
+    """
+    blobs, names, reasons = [], [], []
+    seen: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="simcaptcha-predict-") as cache_dir:
+        for spec in inputs:
+            try:
+                images = source_images(spec, FetchConfig(), Path(cache_dir))
+            except SimcaptchaError as error:
+                blobs.append(b"")
+                names.append(_printable(spec))
+                reasons.append(_reason(error))
+                continue
+            for image in images:
+                name = _printable(image.name)
+                blobs.append(image.data)
+                names.append(name)
+                if name != image.name:
+                    reasons.append(_reason(f"{image.where}: image name is not valid Unicode text"))
+                elif name in seen:
+                    reasons.append(_reason(f"{image.where}: image name {name!r} appears in an earlier input or entry"))
+                else:
+                    reasons.append("")
+                seen.add(name)
+    return blobs, names, reasons
+
+
+def _printable(text: str) -> str:
+    """``text`` as it can be written to a UTF-8 CSV: a lone surrogate (a file name in another encoding, a JSON
+    "\\ud800") as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reason(error: object) -> str:
+    """An error as the one line of an error column (a name from the data may hold line breaks)."""
+    return _printable(" ".join(str(error).split()))
+
+
+def predict(model_path: str | Path, inputs: Sequence[str], batch_size: int = 512,
+            skip_bad: bool = False) -> Iterator[tuple]:
     """(name, prediction, confidence) for every image of ``inputs``, in input order.
 
-    The model file and the inputs are read (and every image checked) before this returns, so errors come
-    before any result; the images are decoded, binarized and read batch by batch as the results are consumed.
-    On the CPU it sets torch's thread count to the cores available less one.
+    The model file and the inputs are read (and, without ``skip_bad``, every image checked) before this returns,
+    so errors come before any result; the images are decoded, binarized and read batch by batch as the results are
+    consumed. With ``skip_bad`` an unreadable input or image does not stop the run: rows are (name, prediction, confidence,
+    error), and such an input or image has ("", 0.0, the one-line reason). On the CPU it sets torch's thread
+    count to ``reading_threads()``.
     """
     if batch_size < 1:
         raise SimcaptchaError(f"--batch-size must be at least 1, got {batch_size}")
     predictor = Predictor(model_path)
     if predictor.device.type == "cpu":
-        # One core is left to the thread that decodes and binarizes the next batch. On a busy machine this
-        # matters more: two torch threads on two shared cores wait on each other at every layer (measured
-        # 2.4x slower than one thread while another process kept one of the two cores busy).
-        torch.set_num_threads(max(1, available_cores() - 1))
-    blobs, names = read_inputs(inputs)
-    return _predict_batches(predictor, blobs, names, batch_size)
+        torch.set_num_threads(reading_threads())
+    if skip_bad:
+        return _predict_batches(predictor, *read_each_input(inputs), batch_size)
+    return _predict_batches(predictor, *read_inputs(inputs), None, batch_size)
 
 
-def _predict_batches(predictor: Predictor, blobs: list[bytes], names: list[str],
-                     batch_size: int) -> Iterator[tuple[str, str, float]]:
+def _predict_batches(predictor: Predictor, blobs: list[bytes], names: list[str], reasons: list[str] | None,
+                     batch_size: int) -> Iterator[tuple]:
     """While the reader reads one batch, a worker thread decodes and binarizes the next (Pillow and NumPy
-    release the GIL for most of it)."""
+    release the GIL for most of it). ``reasons``: as ``read_each_input`` gives them, for --skip-bad rows."""
     starts = range(0, len(blobs), batch_size)
     with ThreadPoolExecutor(max_workers=1) as pool:
         def prepare(start: int):
-            return pool.submit(predictor.preprocess, blobs[start:start + batch_size], names[start:start + batch_size])
+            batch = slice(start, start + batch_size)
+            if reasons is None:
+                return pool.submit(predictor.preprocess, blobs[batch], names[batch])
+            return pool.submit(predictor.preprocess_each, blobs[batch], names[batch], reasons[batch])
 
         pending = prepare(starts[0]) if starts else None
         for number, start in enumerate(starts):
-            images = pending.result()
+            prepared = pending.result()
             pending = prepare(starts[number + 1]) if number + 1 < len(starts) else None
-            texts, confidences = predictor.read(images)
-            yield from zip(names[start:start + batch_size], texts, confidences)
+            batch_names = names[start:start + batch_size]
+            if reasons is None:
+                yield from zip(batch_names, *predictor.read(prepared))
+            else:
+                images, batch_reasons = prepared
+                yield from _rows_with_errors(batch_names, *predictor.read(images), batch_reasons)
+
+
+def _rows_with_errors(names: list[str], texts: list[str], confidences: list[float],
+                      reasons: list[str]) -> Iterator[tuple[str, str, float, str]]:
+    """--skip-bad rows: the readings in order, and an empty one of confidence 0 with the reason where one is."""
+    readings = zip(texts, confidences)
+    for name, reason in zip(names, reasons):
+        yield (name, "", 0.0, reason) if reason else (name, *next(readings), "")
+
+
+def export_onnx(model_path: str | Path, onnx_path: str | Path) -> None:
+    """``simcaptcha export``: the reader file as an ONNX graph of the reader as ``Predictor`` runs it."""
+    if Path(onnx_path).suffix.lower() != ONNX_SUFFIX:
+        raise SimcaptchaError(f"{onnx_path}: an ONNX file's name must end in {ONNX_SUFFIX} (predict tells it by that)")
+    model, spec, background = load_reader(model_path)
+    write_onnx(onnx_path, inference_reader(model), spec, background)
 
 
 def write_predictions(model_path: str | Path, inputs: Sequence[str], batch_size: int,
-                      output: str | None = None) -> None:
+                      output: str | None = None, skip_bad: bool = False) -> None:
     """``simcaptcha predict``: the CSV of ``predict`` into the file ``output`` or on stdout (``None`` or ``-``).
 
-    The model and the inputs are checked before anything is written. A full disk is a one-line error.
+    The model and the inputs are checked before anything is written. A full disk is a one-line error. With
+    ``skip_bad`` the whole CSV is written, then rows without a reading are one error, as for any failed run.
     """
-    rows = predict(model_path, inputs, batch_size)
+    rows = predict(model_path, inputs, batch_size, skip_bad)
+    failed: list[str] = []
+    if skip_bad:
+        rows = _noting_failures(rows, failed)
     if output in (None, "-"):
-        _write_stdout(rows)
+        count = _write_stdout(rows, skip_bad)
     else:
-        _write_file(rows, Path(output))
+        count = _write_file(rows, Path(output), skip_bad)
+    if failed:
+        raise SimcaptchaError(f"{len(failed)} of {count} rows have no reading, the first {failed[0]!r} "
+                              f"(the error column says why)")
 
 
-def _write_stdout(rows: Iterable[tuple[str, str, float]]) -> None:
+def _noting_failures(rows: Iterable[tuple], failed: list[str]) -> Iterator[tuple]:
+    """The rows, passed on as they come, the name of each with an error added to ``failed``."""
+    for row in rows:
+        if row[3]:
+            failed.append(row[0])
+        yield row
+
+
+def _write_stdout(rows: Iterable[tuple], skip_bad: bool) -> int:
     """A reader that stops early (``| head``) is fine: no error message, as for any Unix filter."""
     try:
-        write_csv(rows, sys.stdout)
+        count = write_csv(rows, sys.stdout, skip_bad)
         sys.stdout.flush()
+        return count
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(EXIT_ERROR)
@@ -173,26 +293,26 @@ def _silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _write_file(rows: Iterable[tuple[str, str, float]], path: Path) -> None:
+def _write_file(rows: Iterable[tuple], path: Path, skip_bad: bool) -> int:
     """A file is written beside and renamed into place, so a failed run leaves no partial CSV; a device or a
     pipe (``/dev/stdout``) cannot be replaced and is written as it is."""
     try:
         if path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8", newline="") as stream:
-                write_csv(rows, stream)
-        else:
-            with atomic_path(path.resolve()) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
-                write_csv(rows, stream)
+                return write_csv(rows, stream, skip_bad)
+        with atomic_path(path.resolve()) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
+            return write_csv(rows, stream, skip_bad)
     except OSError as error:
         raise SimcaptchaError(f"{path}: {error.strerror or error}") from None
 
 
-def write_csv(rows: Iterable[tuple[str, str, float]], stream: TextIO) -> int:
-    """Write ``name,prediction,confidence`` CSV (confidence to 4 decimals), header first; returns the row count."""
+def write_csv(rows: Iterable[tuple], stream: TextIO, skip_bad: bool = False) -> int:
+    """Write ``name,prediction,confidence`` CSV (confidence to 4 decimals), header first, and the error column of
+    --skip-bad rows when ``skip_bad``; returns the row count."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
+    writer.writerow(CSV_HEADER + ((ERROR_COLUMN,) if skip_bad else ()))
     count = 0
-    for name, text, confidence in rows:
-        writer.writerow((name, text, f"{confidence:.4f}"))
+    for name, text, confidence, *error in rows:
+        writer.writerow((name, text, f"{confidence:.4f}", *error))
         count += 1
     return count
