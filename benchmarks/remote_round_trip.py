@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the sshd the remote tests start, and their environment
 
 import servers  # noqa: E402
-from conftest import TOOLS_ENV  # noqa: E402
+from helpers import TOOLS_ENV  # noqa: E402
 
 from simcaptcha.pipeline import METRICS  # noqa: E402
 from simcaptcha.store import write_json  # noqa: E402

@@ -17,7 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: on two cores, two worker
 
 # After the thread setting: helpers.TOOLS_ENV, the stage subprocesses' environment, is a copy of os.environ.
 from helpers import GIT, REPO, TINY, copy_project, merge, run_tool  # noqa: E402
-from helpers import TOOLS_ENV  # noqa: E402, F401 (benchmarks/remote_round_trip.py imports it from here)
 
 
 @pytest.fixture(scope="session")
