@@ -1,7 +1,8 @@
 """DVC stage self-train: the start reader labels the unlabelled real pool and learns from its own confident readings.
 
 No real label is used: the pseudo-labels are the model's own. The evaluation captchas are kept out of the pool
-(selftrain.exclude_labelled) so their figures stay held out. With selftrain.student_channels a fresh, wider
+(selftrain.exclude_labelled, by content) so their figures stay held out, and so are selftrain.holdout pool
+captchas, for evaluate's label-free accuracy estimate. With selftrain.student_channels a fresh, wider
 reader then learns the self-trained reader's readings of the pool and is saved in its place (noisy student).
 """
 
@@ -15,8 +16,9 @@ from simcaptcha.mask import site_mask
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import load_reader, save_reader
 from simcaptcha.pipeline import AUGMENTED, BINARIZED, CHECKPOINTS, METRICS, MODELS, stage_metrics
+from simcaptcha.pool import pool_rows
 from simcaptcha.reading import pick_device, read_images
-from simcaptcha.selftraining import self_train, train_student, unlabelled_rows
+from simcaptcha.selftraining import self_train, train_student
 from simcaptcha.store import read_image_set, write_csv
 
 
@@ -27,7 +29,7 @@ def main() -> None:
         model, spec, background = load_reader(MODELS / f"{config.start}.safetensors", params.classifier.dropout)
         anchors = read_image_set(AUGMENTED / "anchors")  # hold the pseudo-labels in place, whichever reader starts
         pool, labelled = read_image_set(BINARIZED / "unlabelled"), read_image_set(BINARIZED / "labelled")
-        keep = unlabelled_rows(pool, labelled, config.exclude_labelled)
+        keep, for_estimate = pool_rows(pool, labelled, config)  # the estimate's captchas: read by evaluate only
         coder = spec.coder()
         held_out = ~np.isin(labelled.names, spec.trained_on_real)  # as evaluate: real labels trained on never judge
         truth = [label for label, kept in zip(labelled.labels, held_out) if kept]
@@ -44,8 +46,8 @@ def main() -> None:
                          params.classifier, params.training_augment, checkpoints, device, mask,
                          tuple(params.render.length), labelled_figures if truth else None)
         write_csv(METRICS / "self-train.csv", pd.DataFrame(log))  # one row per round
-        figures.update(log[-1] if log else {}, pool=int(keep.sum()), excluded_labelled=int((~keep).sum()),
-                       real_labels_used=len(spec.trained_on_real))
+        figures.update(log[-1] if log else {}, pool=int(keep.sum()), held_out=int(for_estimate.sum()),
+                       excluded_labelled=int((~keep & ~for_estimate).sum()), real_labels_used=len(spec.trained_on_real))
         if config.student_channels:  # the answer is then a fresh, wider reader taught by the self-trained one
             model, spec, history = train_student(model, spec, anchors.images, anchors.labels, pool.images[keep],
                                                  config, params.classifier, params.training_augment,

@@ -20,7 +20,7 @@ from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
 from simcaptcha.reader_training import check_labels, real_labelled, train_reader
-from simcaptcha.reading import pick_device
+from simcaptcha.reading import pick_device, resolve_precision
 from simcaptcha.store import read_image_set, write_csv
 
 
@@ -45,9 +45,10 @@ def main(name: str) -> None:
                           params.binarize, polarity, tuple(real_names))
         torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
         model = spec.build(config.dropout)
-        checkpoint = CHECKPOINTS / f"train-classifier-{name}.pt"
+        checkpoint, device = CHECKPOINTS / f"train-classifier-{name}.pt", pick_device()
+        figures["precision"] = resolve_precision(config.precision, device)  # what "auto" chose on this machine
         log = train_reader(model, spec.coder(), images, labels, config,
-                           params.training_augment, checkpoint, pick_device(),
+                           params.training_augment, checkpoint, device,
                            synthetic_count=len(data), mask=None if glyphs else site_mask(params))
         if is_main_process():  # under torchrun, one process writes
             save_reader(MODELS / f"{name}.safetensors", model, spec, background)

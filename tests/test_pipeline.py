@@ -175,6 +175,26 @@ def test_label_budget_point_refuses_bad_arguments(project, arguments, expected):
     assert result.returncode != 0 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_the_label_free_estimate_reads_no_label(tiny_project):
+    """evaluate's estimate reads pool captchas self-training held out: replacing every real label changes what is
+    measured, never what is estimated."""
+    before = json.loads((tiny_project / "metrics/evaluate.json").read_text())["selftrained"]
+    assert json.loads((tiny_project / "metrics/self-train.json").read_text())["held_out"] == 60
+    assert before["estimate_count"] == 60 and 0 < before["held_out_captcha_confidence"] <= 1
+    assert 0 <= before["expected_calibration_error"] <= 1 and "coverage_at_99_precision" in before
+    manifest = tiny_project / "data/binarized/labelled/manifest.csv"
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "label": "Z" * len(row["label"])} for row in rows)  # no reader reads a Z
+    run_tool([sys.executable, "stages/evaluate.py"], tiny_project)
+    after = json.loads((tiny_project / "metrics/evaluate.json").read_text())["selftrained"]
+    estimated = [key for key in before if key.startswith(("estimate", "held_out", "most_common"))]
+    assert {key: after[key] for key in estimated} == {key: before[key] for key in estimated}
+    assert after["char_accuracy"] == 0 != before["char_accuracy"]
+
+
 def test_real_labels_used_in_training_are_not_evaluated(project):
     """Last in this module: it runs the stages that read classifier.real_labels directly, not through dvc (the
     GAN and label-budget stages dvc would also rerun do not decide what evaluate skips). Self-train's per-round

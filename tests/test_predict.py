@@ -383,3 +383,32 @@ def test_skip_bad_names_that_cannot_be_written_are_escaped(capsys, tmp_path, mod
     assert code == 1 and [row[:3] for row in rows] == [["\\ud800", "", "0.0000"], ["two\nlines", "", "0.0000"]]
     assert rows[0][3] == f"{tmp_path / 'odd.json'}: image 0 (\\ud800): image name is not valid Unicode text"
     assert rows[1][3].startswith("image 'two\\nlines': not a readable image (") and "\n" not in rows[1][3]
+
+
+# ---------------------------------------------------------------- --min-confidence
+def test_min_confidence_empties_unsure_readings_and_marks_their_rows(capsys, model, png_folder):
+    _, plain, _ = run_cli(capsys, "predict", "--model", model, png_folder[0])
+    exact = [confidence for _, _, confidence in predict(model, [str(png_folder[0])])]
+    threshold = float(np.median(exact))  # half the rows fall below it
+    code, out, _ = run_cli(capsys, "predict", "--model", model, "--min-confidence", repr(threshold), png_folder[0])
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 0 and rows[0] == HEADER + ["abstained"]
+    for (name, text, confidence), row, value in zip(rows_of(plain), rows[1:], exact):
+        unsure = value < threshold
+        assert row == [name, "" if unsure else text, confidence, "yes" if unsure else ""]
+    assert 0 < sum(row[3] == "yes" for row in rows[1:]) < len(exact)
+
+
+def test_min_confidence_beside_skip_bad_leaves_error_rows_unmarked(capsys, model, mixed_inputs):
+    code, out, _ = run_cli(capsys, "predict", "--model", model, "--skip-bad", "--min-confidence", "1",
+                           *mixed_inputs[0])
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 1 and rows[0] == HEADER + ["error", "abstained"]
+    for _, text, _, error, abstained in rows[1:]:
+        assert text == "" and abstained == ("" if error else "yes")
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "high"])
+def test_min_confidence_must_be_a_probability(capsys, model, png_folder, value):
+    code, out, err = run_cli(capsys, "predict", "--model", model, "--min-confidence", value, png_folder[0])
+    assert (code, out) == (2, "") and "--min-confidence" in err

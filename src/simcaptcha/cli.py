@@ -103,7 +103,7 @@ def command_target(args: argparse.Namespace) -> None:
 def command_predict(args: argparse.Namespace) -> None:
     from .predict import write_predictions  # torch is slow to import: only predict and export pay for it
 
-    write_predictions(args.model, args.inputs, args.batch_size, args.output, args.skip_bad)
+    write_predictions(args.model, args.inputs, args.batch_size, args.output, args.skip_bad, args.min_confidence)
 
 
 def command_export(args: argparse.Namespace) -> None:
@@ -117,6 +117,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type for a probability, 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
     return value
 
 
@@ -150,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an input or image that cannot be read gets a row with an empty reading, confidence "
                               "0 and the reason in a fourth column, error, and the rest is read (exit status 1 if "
                               "any failed); without it the first stops the run")
+    predict.add_argument("--min-confidence", type=probability, metavar="P",
+                         help="leave a reading empty where its confidence (the probability that the whole reading "
+                              "is right) is below P, and mark its row yes in a column abstained")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image file, folder, zip/tar archive or challenge JSON; path or http(s) URL")
     predict.set_defaults(handler=command_predict)

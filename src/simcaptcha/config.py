@@ -192,8 +192,8 @@ class ClassifierConfig:
     weight_decay: float = bounded(1e-4, 0.0)
     validation_share: float = bounded(0.05, 0.0, 0.5)  # held-out synthetic images (never real ones)
     augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: training convolutions under autocast, faster
-    #                                                        only where the hardware has it (AMX CPUs, GPUs)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # bfloat16: convolutions under autocast, faster only
+    #   where the hardware has it (AMX CPUs, GPUs) and several times slower where it is emulated; auto detects it
     real_labels: int = bounded(0, 0, MAX_IMAGES)  # real labelled captchas allowed into training; evaluate skips them
     seed: int = bounded(0, 0, 2**31 - 1)
 
@@ -213,6 +213,8 @@ class SelfTrainConfig:
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
+    holdout: int = bounded(500, 0, MAX_IMAGES)  # pool captchas no reader trains on (at most a fifth of the pool):
+    #   the label-free accuracy estimate reads them; 500 keep its sampling error near 2 points
     balance_rounds: int = bounded(1, 0, 1000)  # rounds, from the first, whose readings have the characters their reader
     #                                     under-reads raised toward an equal share (1: the start reader's only)
     student_channels: list[int] = bounded([], 1, 1024)  # a fresh reader this wide learns the last round's readings

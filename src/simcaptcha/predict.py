@@ -38,6 +38,7 @@ from .reading import pick_device, read_chunk, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
 ERROR_COLUMN = "error"  # with --skip-bad: why a row has no reading, empty where it has one
+ABSTAINED_COLUMN = "abstained"  # with --min-confidence: "yes" where the reading was left empty as too unsure
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -247,23 +248,39 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path) -> None:
 
 
 def write_predictions(model_path: str | Path, inputs: Sequence[str], batch_size: int,
-                      output: str | None = None, skip_bad: bool = False) -> None:
+                      output: str | None = None, skip_bad: bool = False,
+                      min_confidence: float | None = None) -> None:
     """``simcaptcha predict``: the CSV of ``predict`` into the file ``output`` or on stdout (``None`` or ``-``).
 
     The model and the inputs are checked before anything is written. A full disk is a one-line error. With
     ``skip_bad`` the whole CSV is written, then rows without a reading are one error, as for any failed run.
+    With ``min_confidence`` a reading less likely than that to be right is left empty, its row kept and marked
+    in an abstained column (the confidence is a calibrated probability: see docs/method.md).
     """
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise SimcaptchaError(f"--min-confidence must be a probability from 0 to 1, got {min_confidence}")
     rows = predict(model_path, inputs, batch_size, skip_bad)
     failed: list[str] = []
     if skip_bad:
         rows = _noting_failures(rows, failed)
+    columns = (ERROR_COLUMN,) * skip_bad
+    if min_confidence is not None:
+        rows, columns = _abstaining(rows, min_confidence, skip_bad), columns + (ABSTAINED_COLUMN,)
     if output in (None, "-"):
-        count = _write_stdout(rows, skip_bad)
+        count = _write_stdout(rows, columns)
     else:
-        count = _write_file(rows, Path(output), skip_bad)
+        count = _write_file(rows, Path(output), columns)
     if failed:
         raise SimcaptchaError(f"{len(failed)} of {count} rows have no reading, the first {failed[0]!r} "
                               f"(the error column says why)")
+
+
+def _abstaining(rows: Iterable[tuple], min_confidence: float, skip_bad: bool) -> Iterator[tuple]:
+    """Rows with the readings below ``min_confidence`` emptied and an abstained column: "yes" for those, "" for
+    the rest and for rows that have no reading anyway (an --skip-bad error)."""
+    for name, text, confidence, *error in rows:
+        unsure = confidence < min_confidence and not (skip_bad and error[0])
+        yield name, "" if unsure else text, confidence, *error, "yes" if unsure else ""
 
 
 def _noting_failures(rows: Iterable[tuple], failed: list[str]) -> Iterator[tuple]:
@@ -274,10 +291,10 @@ def _noting_failures(rows: Iterable[tuple], failed: list[str]) -> Iterator[tuple
         yield row
 
 
-def _write_stdout(rows: Iterable[tuple], skip_bad: bool) -> int:
+def _write_stdout(rows: Iterable[tuple], columns: tuple[str, ...]) -> int:
     """A reader that stops early (``| head``) is fine: no error message, as for any Unix filter."""
     try:
-        count = write_csv(rows, sys.stdout, skip_bad)
+        count = write_csv(rows, sys.stdout, columns)
         sys.stdout.flush()
         return count
     except BrokenPipeError:
@@ -293,26 +310,26 @@ def _silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _write_file(rows: Iterable[tuple], path: Path, skip_bad: bool) -> int:
+def _write_file(rows: Iterable[tuple], path: Path, columns: tuple[str, ...]) -> int:
     """A file is written beside and renamed into place, so a failed run leaves no partial CSV; a device or a
     pipe (``/dev/stdout``) cannot be replaced and is written as it is."""
     try:
         if path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8", newline="") as stream:
-                return write_csv(rows, stream, skip_bad)
+                return write_csv(rows, stream, columns)
         with atomic_path(path.resolve()) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
-            return write_csv(rows, stream, skip_bad)
+            return write_csv(rows, stream, columns)
     except OSError as error:
         raise SimcaptchaError(f"{path}: {error.strerror or error}") from None
 
 
-def write_csv(rows: Iterable[tuple], stream: TextIO, skip_bad: bool = False) -> int:
-    """Write ``name,prediction,confidence`` CSV (confidence to 4 decimals), header first, and the error column of
-    --skip-bad rows when ``skip_bad``; returns the row count."""
+def write_csv(rows: Iterable[tuple], stream: TextIO, columns: tuple[str, ...] = ()) -> int:
+    """Write ``name,prediction,confidence`` CSV (confidence to 4 decimals), header first, then the rows' further
+    ``columns`` (--skip-bad's error, --min-confidence's abstained); returns the row count."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(CSV_HEADER + ((ERROR_COLUMN,) if skip_bad else ()))
+    writer.writerow(CSV_HEADER + columns)
     count = 0
-    for name, text, confidence, *error in rows:
-        writer.writerow((name, text, f"{confidence:.4f}", *error))
+    for name, text, confidence, *rest in rows:
+        writer.writerow((name, text, f"{confidence:.4f}", *rest))
         count += 1
     return count

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .machine import available_cores
+from .machine import available_cores, has_native_bfloat16
 from .models import Reader
 
 CPU_READ_CHUNK = 32  # images per forward pass on a CPU: larger chunks fall out of the cache
@@ -25,9 +25,19 @@ def pick_device() -> torch.device:
     return distributed.join()
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``classifier.precision`` as it runs on ``device``: "auto" is bfloat16 where the hardware computes it
+    natively (a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere, where emulated bfloat16 is slower."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device.type == "cpu" and has_native_bfloat16() else "float32"
+
+
 def reader_autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The reader's passes under bfloat16 autocast when ``classifier.precision`` says so (float32: a no-op)."""
-    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16")
+    """The reader's passes under bfloat16 autocast when ``classifier.precision`` resolves to it (else a no-op)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=resolve_precision(precision, device) == "bfloat16")
 
 
 def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:

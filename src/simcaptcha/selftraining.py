@@ -14,12 +14,10 @@ import numpy as np
 import torch
 
 from .config import AugmentConfig, ClassifierConfig, SelfTrainConfig
-from .errors import SimcaptchaError
 from .modelfile import ReaderSpec
 from .models import Reader
 from .reader_training import train_reader
 from .reading import LabelCoder, read_images, read_logits
-from .store import ImageSet
 
 
 def balancing_offsets(logits: torch.Tensor, blank: bool, iterations: int = 100) -> torch.Tensor:
@@ -167,13 +165,3 @@ def train_student(teacher: Reader, spec: ReaderSpec, synthetic: np.ndarray, synt
     log = train_reader(student, coder, images, labels, student_config, augment, checkpoint, device,
                        len(synthetic_rows), mask)
     return student, student_spec, log
-
-
-def unlabelled_rows(pool: ImageSet, labelled: ImageSet, exclude_labelled: bool) -> np.ndarray:
-    """Which pool captchas self-training may read: with ``exclude_labelled``, not the evaluation captchas, so their
-    figures stay held out."""
-    keep = ~np.isin(pool.names, labelled.names) if exclude_labelled else np.ones(len(pool), dtype=bool)
-    if not keep.any():
-        raise SimcaptchaError("params: selftrain.exclude_labelled leaves no unlabelled captcha (the pool is the "
-                              "labelled set); set it to false to read the evaluation images unlabelled")
-    return keep

@@ -22,7 +22,7 @@ from .imaging import contact_sheet
 from .machine import process_count, process_rank
 from .models import PatchDiscriminator, Reader, Refiner
 from .progress import progress
-from .reading import LabelCoder, reader_autocast, to_batch
+from .reading import LabelCoder, reader_autocast, resolve_precision, to_batch
 
 
 def _adversarial(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -119,7 +119,7 @@ def train_gan(refiner: Refiner, discriminator: PatchDiscriminator, synthetic: np
                 "d_accuracy_refined": (fake_logits < 0).float().mean().item()}
 
     reader_weights = [value.cpu().numpy() for value in reader.state_dict().values()] if reader is not None else []
-    run = fingerprint(asdict(config), reader_precision, synthetic[:: max(1, len(synthetic) // 64)],
+    run = fingerprint(asdict(config), resolve_precision(reader_precision, device), synthetic[:: max(1, len(synthetic) // 64)],
                       real[:: max(1, len(real) // 64)], labels, *reader_weights)
     parts = {"refiner": refiner, "discriminator": discriminator, "refiner_optimizer": refiner_optimizer,
              "discriminator_optimizer": discriminator_optimizer, "history": history, "generator": generator}
