@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, parse_section, read_yaml
+from .config import Config, RenderConfig, parse_section, read_yaml
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SimcaptchaError, run_main
+from .store import write_bytes
 
 EPILOG = f"""exit status:
   {EXIT_OK:<4} success
@@ -68,7 +69,11 @@ def target_overrides(path: str | Path) -> list[str]:
     leaf the wanted params do not name goes back to its config.py default. ``++`` sets a key params.yaml
     does not have yet (it holds only what differs from the defaults).
     """
-    target = read_yaml(path) or {}  # read first: a wrong target path is the error to report, not the workspace
+    return overrides_for(read_yaml(path) or {})  # read first: a wrong path is the error to report
+
+
+def overrides_for(target: dict) -> list[str]:
+    """``target_overrides`` for a target's params already read."""
     wanted_params = _deep_merge(committed_params(), target)
     parse_section(Config, wanted_params, "")
     current = dict(_flatten(read_yaml("params.yaml") or {}))
@@ -100,6 +105,25 @@ def command_target(args: argparse.Namespace) -> None:
     sys.exit(subprocess.call(command))
 
 
+def command_site(args: argparse.Namespace) -> None:
+    from .sites import SiteRequest, collect_results, parse_length, site_target, summary, target_text
+
+    request = SiteRequest(args.name, args.pool, args.labelled or [], args.labels or "", args.label_regex,
+                          args.charset, parse_length(args.length) if args.length else None)
+    target, notes = site_target(request)
+    text, path = target_text(request, target, notes), Path("targets") / f"{args.name}.yaml"
+    command = ["dvc", "exp", "run", *overrides_for(target), "--name", args.name]
+    if args.dry_run:
+        print(f"# {path}, not written (--dry-run)\n{text}{' '.join(command)}")
+        return
+    write_bytes(path, text.encode("utf-8"))
+    print(f"wrote {path}")
+    code = subprocess.call(command)
+    if code != 0:
+        sys.exit(code)
+    print(summary(args.name, collect_results(args.name)))
+
+
 def command_predict(args: argparse.Namespace) -> None:
     from .predict import write_predictions  # torch is slow to import: only predict and export pay for it
 
@@ -110,6 +134,12 @@ def command_export(args: argparse.Namespace) -> None:
     from .predict import export_onnx
 
     export_onnx(args.model, args.onnx)
+
+
+def command_models(args: argparse.Namespace) -> None:
+    from .bundled import models_listing
+
+    sys.stdout.write(models_listing())
 
 
 def positive_int(text: str) -> int:
@@ -144,12 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--queue", action="store_true", help="queue the experiment (run with dvc queue start)")
     target.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
     target.set_defaults(handler=command_target)
+    site = commands.add_parser("site", help="a new site in one command: measure, write its target, run it",
+                               description="Measure what the pool and the labels' format say (working size, "
+                                           "length, head), write targets/NAME.yaml with a comment per measured "
+                                           "value, run it as the DVC experiment NAME, and leave the final reader "
+                                           "and its figures under sites/NAME/. No real label trains anything.")
+    site.add_argument("name", help="the site's name: targets/NAME.yaml, sites/NAME/, experiment NAME")
+    site.add_argument("--pool", nargs="+", required=True, metavar="SRC",
+                      help="unlabelled captchas: image files, folders, zip/tar, challenge JSON; paths or URLs")
+    site.add_argument("--labelled", nargs="+", metavar="SRC", help="labelled captchas, to measure the reader on")
+    site.add_argument("--labels", metavar="FORMAT", help="how the labelled ones are labelled: filename or csv:PATH")
+    site.add_argument("--label-regex", metavar="RE", help="with --labels filename: the label is RE's first group "
+                                                           "in the file name (default: up to the first . or _)")
+    site.add_argument("--charset", default=RenderConfig.charset,
+                      help=f"the characters drawn (default {RenderConfig.charset})")
+    site.add_argument("--length", metavar="N|MIN-MAX",
+                      help="characters per captcha (default: the labels' lengths; needed without labels)")
+    site.add_argument("--dry-run", action="store_true",
+                      help="measure and print the target and the dvc command; write and run nothing")
+    site.set_defaults(handler=command_site)
     predict = commands.add_parser("predict", help="read captchas with a trained reader file into a CSV",
                                   description="Write name,prediction,confidence CSV for every image of the "
                                               "inputs, in input order; preprocessing comes from the model file.")
     predict.add_argument("--model", required=True,
-                         help="reader file, e.g. data/models/refined.safetensors, or its ONNX export (.onnx: needs "
-                              "pip install 'simcaptcha[onnx]')")
+                         help="reader file, e.g. data/models/selftrained.safetensors, its ONNX export (.onnx: needs "
+                              "pip install 'simcaptcha[onnx]'), or the name of a bundled reader (simcaptcha models)")
     predict.add_argument("--batch-size", type=positive_int, default=512,
                          help="images decoded and read at a time (512)")
     predict.add_argument("-o", "--output", metavar="FILE",
@@ -168,9 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Export a reader file to an ONNX graph (opset 17, any batch size) with "
                                              "its preprocessing in the model's metadata; predict --model FILE.onnx "
                                              "reads with it through onnxruntime.")
-    export.add_argument("--model", required=True, help="reader file, e.g. data/models/refined.safetensors")
+    export.add_argument("--model", required=True,
+                        help="reader file, e.g. data/models/selftrained.safetensors, or a bundled reader's name")
     export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write, whole or not at all")
     export.set_defaults(handler=command_export)
+    models = commands.add_parser("models", help="list the readers bundled with the package, with their figures",
+                                 description="The readers that ship inside the package (trained with zero real "
+                                             "labels), how well each read its site's labelled captchas, and the "
+                                             "command that rebuilds each.")
+    models.set_defaults(handler=command_models)
     return parser
 
 

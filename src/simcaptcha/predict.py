@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import bundled
 from .config import FetchConfig, SourceConfig
 from .errors import EXIT_ERROR, SimcaptchaError
 from .fetch import fetch_set, source_images
@@ -98,7 +99,8 @@ class Predictor:
     by ``simcaptcha export``) is read by onnxruntime on the CPU, any other as a safetensors reader by torch."""
 
     def __init__(self, model_path: str | Path):
-        if Path(model_path).suffix.lower() == ONNX_SUFFIX:
+        model_path = bundled.model_path(model_path)
+        if model_path.suffix.lower() == ONNX_SUFFIX:
             self.model, self.spec, self.background = load_onnx(model_path, reading_threads())
             self.device = torch.device("cpu")
         else:
@@ -243,7 +245,7 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path) -> None:
     """``simcaptcha export``: the reader file as an ONNX graph of the reader as ``Predictor`` runs it."""
     if Path(onnx_path).suffix.lower() != ONNX_SUFFIX:
         raise SimcaptchaError(f"{onnx_path}: an ONNX file's name must end in {ONNX_SUFFIX} (predict tells it by that)")
-    model, spec, background = load_reader(model_path)
+    model, spec, background = load_reader(bundled.model_path(model_path))
     write_onnx(onnx_path, inference_reader(model), spec, background)
 
 

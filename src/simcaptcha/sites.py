@@ -1,0 +1,196 @@
+"""``simcaptcha site``: a new site in one command. What the pool and the labels' format say is measured and
+written to targets/NAME.yaml, each value beside what was measured; the pipeline runs on it as a DVC experiment,
+and the final reader and its figures are left under sites/NAME/.
+
+Measured here, before the pipeline: the working size (the pool's native size, scaled down to at most
+``MAX_WORKING`` for time and memory), the captcha length (from the labels when there are some) and the reader's
+head (CTC where the length varies). The pipeline's own stages measure the rest from the pool (polarity,
+background, mask, text height, stroke, fonts, placement) and evaluate estimates the accuracy without a label.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import Config, FetchConfig, RenderConfig, SourceConfig, parse_section
+from .errors import SimcaptchaError
+from .fetch import fetch_set, source_images
+from .imaging import decode_image
+from .pipeline import FETCH_CACHE, METRICS, MODELS
+from .store import read_json
+
+MAX_WORKING = (64, 256)  # height, width: larger captchas are read scaled down, aspect kept
+SIZE_SAMPLE = 200  # pool images whose native size is measured
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass
+class SiteRequest:
+    """What the user said: the sources, and optionally labels, charset and length."""
+
+    name: str
+    pool: list[str]
+    labelled: list[str] = field(default_factory=list)
+    labels: str = ""  # "filename" or "csv:PATH"
+    label_regex: str | None = None
+    charset: str = RenderConfig.charset
+    length: tuple[int, int] | None = None
+
+
+def parse_length(text: str) -> tuple[int, int]:
+    """``N`` or ``MIN-MAX`` characters per captcha."""
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
+    if not match:
+        raise SimcaptchaError(f"--length {text!r}: expected N or MIN-MAX, e.g. 5 or 3-6")
+    low, high = int(match[1]), int(match[2] or match[1])
+    if not 1 <= low <= high:
+        raise SimcaptchaError(f"--length {text!r}: expected 1 <= MIN <= MAX")
+    return low, high
+
+
+def labelled_source(request: SiteRequest) -> dict:
+    """fetch.labelled for the request's labelled sources and label format."""
+    if not request.labelled:
+        if request.labels:
+            raise SimcaptchaError("--labels needs --labelled sources")
+        return {}
+    kind, _, path = request.labels.partition(":")
+    if kind == "filename" and not path:
+        source = {"sources": request.labelled, "labels": "filename", "labels_csv": ""}
+    elif kind == "csv" and path:
+        source = {"sources": request.labelled, "labels": "csv", "labels_csv": path}
+    else:
+        raise SimcaptchaError(f"--labels {request.labels!r}: expected filename or csv:PATH")
+    if request.label_regex is not None:
+        source["label_regex"] = request.label_regex
+    return source
+
+
+def working_size(heights: list[int], widths: list[int]) -> tuple[list[int], str]:
+    """binarize.size from the pool's native sizes: their median, scaled down to fit ``MAX_WORKING``."""
+    height, width = int(statistics.median(heights)), int(statistics.median(widths))
+    scale = min(1.0, MAX_WORKING[0] / height, MAX_WORKING[1] / width)
+    size = [max(8, round(height * scale)), max(8, round(width * scale))]
+    return size, f"the pool's median native size is {height}x{width}" + (
+        f", read at {scale:.2f} of it" if scale < 1 else ", read as it is")
+
+
+def native_sizes(sources: list[str]) -> tuple[list[int], list[int]]:
+    """Heights and widths of up to ``SIZE_SAMPLE`` pool images, read from the first sources."""
+    heights, widths = [], []
+    for spec in sources:
+        for image in source_images(spec, FetchConfig(), FETCH_CACHE):
+            decoded = decode_image(image.data, image.where)
+            heights.append(decoded.shape[0])
+            widths.append(decoded.shape[1])
+            if len(heights) >= SIZE_SAMPLE:
+                return heights, widths
+    if not heights:
+        raise SimcaptchaError(f"--pool {' '.join(sources)}: no images")
+    return heights, widths
+
+
+def labels_of(source: dict) -> list[str]:
+    """The labels the labelled sources give (their format, never how a reader scores on them)."""
+    config = parse_section(SourceConfig, source, "fetch.labelled")
+    _, manifest = fetch_set(config, FetchConfig(), "labelled", FETCH_CACHE)
+    return list(manifest["label"])
+
+
+def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
+    """The target's params and a comment per measured key: what was measured."""
+    if not NAME.fullmatch(request.name):
+        raise SimcaptchaError(f"site name {request.name!r}: letters, digits, '-' and '_', at most 64")
+    try:
+        parse_section(RenderConfig, {"charset": request.charset}, "render")
+    except SimcaptchaError as error:
+        raise SimcaptchaError(str(error).replace("params: render.charset", "--charset")) from None
+    notes: dict[str, str] = {}
+    labelled = labelled_source(request)
+    size, notes["binarize.size"] = working_size(*native_sizes(request.pool))
+    length = request.length
+    if length:
+        notes["render.length"] = "as given"
+    elif labelled:
+        lengths = [len(label) for label in labels_of(labelled)]
+        length = (min(lengths), max(lengths))
+        notes["render.length"] = f"the {len(lengths)} labels hold {length[0]} to {length[1]} characters"
+    else:
+        raise SimcaptchaError("--length is needed where no labelled captchas are given (e.g. --length 5 or 3-6)")
+    if labelled:  # a label the reader cannot give would only fail the pipeline's first training stage
+        outside = sorted(set("".join(labels_of(labelled))) - set(request.charset))
+        if outside:
+            raise SimcaptchaError(f"the labels hold {''.join(outside)!r}, outside --charset {request.charset!r}")
+    head = "ctc" if length[0] != length[1] else "positions"
+    notes["classifier.head"] = "the length varies: CTC reads any length" if head == "ctc" else \
+        "every captcha has the same length: one head per position"
+    target = {"fetch": {"unlabelled": {"sources": request.pool}, "labelled": labelled},
+              "binarize": {"size": size},
+              "render": {"charset": request.charset, "length": list(length)},
+              "classifier": {"head": head},
+              "selftrain": {"exclude_labelled": not set(request.pool) & set(request.labelled)}}
+    notes["selftrain.exclude_labelled"] = "the labelled captchas come from other sources than the pool" \
+        if target["selftrain"]["exclude_labelled"] else "the pool holds the labelled captchas: read them unlabelled"
+    if not labelled:
+        del target["fetch"]["labelled"]
+    parse_section(Config, target, "")  # every value valid before anything is written
+    return target, notes
+
+
+class _TargetDumper(yaml.SafeDumper):
+    """Sections and keys one per line (room for a comment), lists on the line of their key."""
+
+
+_TargetDumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", value, flow_style=True))
+
+
+def target_text(request: SiteRequest, target: dict, notes: dict[str, str]) -> str:
+    """targets/NAME.yaml: the params, each measured one with a comment saying what was measured."""
+    lines = [f"# {request.name}: written by simcaptcha site; the values below were measured or given, not tuned.",
+             f"# Run again: simcaptcha target targets/{request.name}.yaml --name {request.name}"]
+    section = ""
+    for line in yaml.dump(target, Dumper=_TargetDumper, sort_keys=False, width=10**6,
+                          allow_unicode=True).splitlines():
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+        note = notes.get(f"{section}.{line.strip().split(':')[0]}") if line.startswith("  ") else None
+        lines.append(line + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
+
+
+def collect_results(name: str) -> dict:
+    """Copy the experiment's final reader and figures to sites/NAME/ and return the figures."""
+    folder = Path("sites") / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(MODELS / "selftrained.safetensors", folder / "reader.safetensors")
+    shutil.copy(METRICS / "evaluate.json", folder / "evaluate.json")
+    return read_json(folder / "evaluate.json", "run the pipeline first")
+
+
+def summary(name: str, figures: dict) -> str:
+    """What the run read, measured and estimated, in a few lines."""
+    answer = figures.get("selftrained", {})
+
+    def percent(key: str) -> str:
+        value = answer.get(key)
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    lines = [f"{name}: reader at sites/{name}/reader.safetensors, figures at sites/{name}/evaluate.json"]
+    if answer.get("collapsed"):
+        lines.append(f"  collapsed: {answer['most_common_share']:.0%} of the held-out pool read as "
+                     f"{answer['most_common_reading']!r}; no result")
+    else:
+        lines.append(f"  estimated without labels: {percent('estimated_char_accuracy')} of characters, "
+                     f"{percent('estimated_captcha_accuracy')} of whole captchas")
+    if answer.get("count"):
+        lines.append(f"  measured on {answer['count']} labelled captchas: {percent('char_accuracy')} of characters, "
+                     f"{percent('captcha_accuracy')} of whole captchas (real labels used in training: "
+                     f"{answer.get('real_labels_used', 0)})")
+    return "\n".join(lines)

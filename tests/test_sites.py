@@ -1,0 +1,106 @@
+"""`simcaptcha site`: what it measures, the target file it writes, and a whole run on the tiny pipeline."""
+
+import json
+
+import pytest
+import yaml
+
+from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
+
+from simcaptcha.errors import SimcaptchaError
+from simcaptcha.sites import SiteRequest, parse_length, site_target, summary, target_text, working_size
+
+LABELS_CSV = SAMPLES / "dev_labels.csv"
+
+
+def request(**changes) -> SiteRequest:
+    """The embedded HackMIT sample as a new site: two challenge files as the pool, the third labelled by CSV."""
+    values = {"name": "hackmit", "pool": [str(SAMPLES / "challenge-17"), str(SAMPLES / "challenge-18")],
+              "labelled": [str(SAMPLES / "challenge-19")], "labels": f"csv:{LABELS_CSV}"}
+    return SiteRequest(**{**values, **changes})
+
+
+def test_lengths_are_one_number_or_a_range():
+    assert parse_length("5") == (5, 5) and parse_length(" 3-6 ") == (3, 6)
+    for bad in ("", "0", "6-3", "five", "3-", "-3"):
+        with pytest.raises(SimcaptchaError, match="--length"):
+            parse_length(bad)
+
+
+def test_the_working_size_is_the_native_one_scaled_down_to_fit():
+    assert working_size([50, 50, 52], [200, 200, 190]) == ([50, 200], "the pool's median native size is 50x200, "
+                                                                      "read as it is")
+    size, note = working_size([128], [512])
+    assert size == [64, 256] and note.endswith("read at 0.50 of it")
+    assert working_size([30], [1000])[0] == [8, 256]  # never below binarize.size's bound
+
+
+def test_a_labelled_sample_sets_the_length_and_the_pool_its_size():
+    target, notes = site_target(request())
+    assert target["render"] == {"charset": "abcdefghijklmnopqrstuvwxyz0123456789", "length": [4, 4]}
+    assert notes["render.length"] == "the 300 labels hold 4 to 4 characters"
+    assert target["binarize"]["size"] == [50, 100] and target["classifier"]["head"] == "positions"
+    assert target["fetch"]["labelled"] == {"sources": [str(SAMPLES / "challenge-19")], "labels": "csv",
+                                           "labels_csv": str(LABELS_CSV)}
+    assert target["selftrain"]["exclude_labelled"] is True
+
+
+def test_a_varying_length_picks_ctc_and_a_shared_source_reads_the_evaluation_set_unlabelled():
+    target, notes = site_target(request(pool=[str(KAGGLE_ZIP)], labelled=[str(KAGGLE_ZIP)], labels="filename",
+                                        charset="2345678bcdefgmnpwxy", length=(4, 6)))
+    assert target["classifier"]["head"] == "ctc" and notes["render.length"] == "as given"
+    assert target["binarize"]["size"] == [50, 200] and target["selftrain"]["exclude_labelled"] is False
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"labelled": [], "labels": ""}, "--length is needed where no labelled captchas are given"),
+    ({"labelled": [], "labels": "filename"}, "--labels needs --labelled sources"),
+    ({"labels": "json"}, "--labels 'json': expected filename or csv:PATH"),
+    ({"name": "../up"}, "site name '../up'"),
+    ({"pool": ["/no/such/folder"]}, "/no/such/folder"),
+    ({"charset": "abcdefghijklmnopqrstuvwxyz"}, "the labels hold '0123456789', outside --charset"),
+    ({"charset": "aab"}, "--charset 'aab' repeats a character"),
+])
+def test_what_cannot_make_a_target_is_one_error_naming_it(changes, message):
+    with pytest.raises(SimcaptchaError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        site_target(request(**changes))
+
+
+def test_the_target_file_says_what_was_measured_beside_each_value():
+    target, notes = site_target(request())
+    text = target_text(request(), target, notes)
+    assert yaml.safe_load(text) == target
+    assert "  size: [50, 100]  # the pool's median native size is 50x100, read as it is" in text.splitlines()
+    assert "  head: positions  # every captcha has the same length: one head per position" in text.splitlines()
+
+
+def test_dry_run_prints_the_target_and_the_experiment_and_writes_nothing(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # a project: the experiment's params start from its committed params.yaml
+    code, out, err = run_cli(capsys, "site", "demo", "--pool", SAMPLES / "challenge-17", "--length", "4",
+                             "--dry-run")
+    assert (code, err) == (0, "") and not (REPO / "targets" / "demo.yaml").exists()
+    assert out.startswith("# targets/demo.yaml, not written (--dry-run)\n")
+    assert out.splitlines()[-1].startswith("dvc exp run -S ") and out.rstrip().endswith("--name demo")
+
+
+def test_the_summary_withholds_a_collapsed_run():
+    figures = {"selftrained": {"collapsed": True, "most_common_share": 0.6, "most_common_reading": "0444",
+                               "count": 500, "char_accuracy": 0.11, "captcha_accuracy": 0.0}}
+    text = summary("s", figures)
+    assert "collapsed: 60% of the held-out pool read as '0444'; no result" in text
+    assert "estimated" not in text
+
+
+@pytest.mark.slow
+def test_site_runs_the_pipeline_and_leaves_its_reader_and_figures(tiny_project):
+    """On the tiny project (its committed params are tiny): the whole pipeline as the experiment `demo`."""
+    out = run_tool([str(CONSOLE_SCRIPT), "site", "demo", "--pool", str(SAMPLES / "challenge-17"),
+                    "--labelled", str(SAMPLES / "challenge-19"), "--labels", f"csv:{LABELS_CSV}"], tiny_project)
+    assert "wrote targets/demo.yaml" in out and "demo: reader at sites/demo/reader.safetensors" in out
+    figures = json.loads((tiny_project / "sites/demo/evaluate.json").read_text())
+    assert figures == json.loads((tiny_project / "metrics/evaluate.json").read_text())
+    assert figures["selftrained"]["count"] == 60 and figures["selftrained"]["real_labels_used"] == 0
+    read = run_tool([str(CONSOLE_SCRIPT), "predict", "--model", "sites/demo/reader.safetensors",
+                     str(SAMPLES / "challenge-19")], tiny_project)
+    assert read.startswith("name,prediction,confidence\n") and read.count("\n") == 1001
+    assert "demo" in run_tool(["dvc", "exp", "show", "--csv"], tiny_project)
