@@ -10,7 +10,8 @@ benchmarks/run_target.py and the other benchmarks leave them). Writes:
 - docs/results.md, whole: per target and reader the figures, date, commit, CPU model, cores and wall time;
 - in README.md and docs/*.md, the text between ``<!-- results:begin -->`` and ``<!-- results:end -->`` (the
   per-target table) and between ``<!-- results:ID:begin -->`` and ``<!-- results:ID:end -->`` for these IDs:
-  ``default`` (what a plain dvc repro reads), ``readers:NAME``, ``label-budget:NAME``, ``ablation:NAME``,
+  ``default`` (what a plain dvc repro reads), ``trust`` (the label-free estimate beside the measured figures),
+  ``readers:NAME``, ``label-budget:NAME``, ``ablation:NAME``,
   ``ddddocr:NAME``, and one sentence each from ``mask:NAME``, ``refine:NAME`` and ``self-train:NAME`` (NAME:
   ``default`` or a target). Everything outside the markers is left as it is.
 Reads nothing else (no git, no clock), so the output depends on the metrics files only.
@@ -207,6 +208,25 @@ def default_summary(data: dict) -> str:
             f"configuration: see the table below.")
 
 
+def trust_table(data: dict) -> str:
+    """The answer's label-free estimate beside what the labels measured, its calibration error and the share it
+    reads at 99 % precision: the default run and every target run that made the estimate."""
+    def estimate(answer: dict, key: str) -> str:
+        return "collapsed" if answer["collapsed"] else percent(answer[key])
+
+    runs = [("default", data["default"])] + [(name, data["targets"][name]) for name in ordered(data["targets"])]
+    rows = [[SHORT.get(name, f"`{name}`"),
+             f"{percent(answer['char_accuracy'])} / {estimate(answer, 'estimated_char_accuracy')}",
+             f"{percent(answer['captcha_accuracy'])} / {estimate(answer, 'estimated_captcha_accuracy')}",
+             f"{answer['expected_calibration_error']:.3f}", percent(answer["coverage_at_99_precision"]),
+             count(answer["estimate_count"])]
+            for name, run in runs for answer in [run["evaluate"]["selftrained"]]
+            if "estimate_count" in answer and "char_accuracy" in answer]
+    return "\n".join(table(["run", "per character: measured / estimated", "whole: measured / estimated",
+                             "calibration error (whole)", "read at 99 % precision", "pool captchas estimated on"],
+                            rows))
+
+
 def reader_rows(evaluate: dict) -> list[list[str]]:
     return [[label, percent(evaluate[name]["char_accuracy"]), percent(evaluate[name]["captcha_accuracy"]),
              count(evaluate[name]["count"]), str(evaluate[name]["real_labels_used"])]
@@ -316,6 +336,8 @@ def block(identifier: str, data: dict) -> str:
         return readme_table(data)
     if identifier == "default":
         return default_summary(data)
+    if identifier == "trust":
+        return trust_table(data)
     kind, _, name = identifier.partition(":")
     if kind == "label-budget" and name:
         return label_budget_table(name, data)

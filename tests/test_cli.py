@@ -42,7 +42,7 @@ def test_help_has_no_markup_and_every_command_a_description(capsys):
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "`" not in out and out.endswith("\n\n" + EXIT_STATUSES)
-    assert set(commands.choices) == {"target", "predict", "export"}
+    assert set(commands.choices) == {"target", "site", "predict", "export", "models"}
     words = " ".join(out.split())  # as wrapped to the terminal's width
     for listed in commands._choices_actions:  # the one-line help of each command, in the top-level help
         assert listed.help and f" {listed.dest} {listed.help} " in words

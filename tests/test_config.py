@@ -150,7 +150,7 @@ def test_range_bounds_are_inclusive(tmp_path):
 def test_literal_not_in_choices(tmp_path):
     message = error_of(tmp_path, "binarize:\n  method: adaptive\n")
     assert message == "params: binarize.method = 'adaptive' is not one of 'otsu', 'fixed', 'sauvola', 'none'"
-    assert "fetch.unlabelled.labels = 'json'" in error_of(tmp_path, "fetch:\n  unlabelled:\n    labels: json\n")
+    assert "fetch.unlabelled.labels = 'xml'" in error_of(tmp_path, "fetch:\n  unlabelled:\n    labels: xml\n")
 
 
 def test_literal_choices_are_accepted(tmp_path):

@@ -519,6 +519,40 @@ def test_csv_labels_stay_text(tmp_path):
     assert manifest["label"].tolist() == ["0012", "nan", "NA"]
 
 
+@pytest.mark.parametrize("over_http", [False, True])
+def test_labels_from_a_json_mapping(tmp_path, fetch_http_server, over_http):
+    table = pd.read_csv(HACKMIT / "dev_labels.csv", dtype=str, keep_default_na=False)
+    data = json.dumps(dict(zip(table["name"], table["label"]))).encode()
+    labels_json = fetch_http_server.serve("/labels.json", data) if over_http else tmp_path / "labels.json"
+    if not over_http:
+        labels_json.write_bytes(data)
+    blobs, manifest = fetch(tmp_path, [HACKMIT / "challenge-19"], role="labelled", labels="json",
+                            labels_json=str(labels_json))
+    assert len(blobs) == 300 and manifest["label"].tolist() == table["label"].tolist()
+
+
+@pytest.mark.parametrize("document, expected", [
+    ('["a"]', "needs a JSON object of name: label, has list"),
+    ('{"x": 12}', "the label of 'x' is 12, not a string"),
+    ('{"x": "ab", "x": "cd"}', "name 'x' appears more than once"),
+    ('{"x": ', "not readable JSON"),
+    ('{"ghost": "abcd"}', "1 entries have no image, the first is 'ghost'"),
+])
+def test_a_bad_json_mapping_is_named(tmp_path, document, expected):
+    labels_json = tmp_path / "labels.json"
+    labels_json.write_text(document)
+    assert_fails(str(labels_json), expected, call=fetch, cache_dir=tmp_path, sources=[HACKMIT / "challenge-19"],
+                 labels="json", labels_json=str(labels_json))
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"labels": "json"}, "labels is 'json' but labels_json is empty"),
+    ({"labels": "csv", "labels_csv": "a.csv", "labels_json": "a.json"}, "labels_json is set but labels is 'csv'"),
+])
+def test_a_labels_file_of_the_other_kind_is_refused(tmp_path, settings, expected):
+    assert_fails(expected, call=fetch, cache_dir=tmp_path, sources=[HACKMIT / "challenge-19"], **settings)
+
+
 def test_label_regex_without_a_match(tmp_path, kaggle):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "226md.png").write_bytes(kaggle["226md.png"])

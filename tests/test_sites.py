@@ -55,11 +55,12 @@ def test_a_varying_length_picks_ctc_and_a_shared_source_reads_the_evaluation_set
 @pytest.mark.parametrize("changes, message", [
     ({"labelled": [], "labels": ""}, "--length is needed where no labelled captchas are given"),
     ({"labelled": [], "labels": "filename"}, "--labels needs --labelled sources"),
-    ({"labels": "json"}, "--labels 'json': expected filename or csv:PATH"),
+    ({"labels": "json"}, "--labels 'json': expected filename, csv:PATH or json:PATH"),
     ({"name": "../up"}, "site name '../up'"),
     ({"pool": ["/no/such/folder"]}, "/no/such/folder"),
     ({"charset": "abcdefghijklmnopqrstuvwxyz"}, "the labels hold '0123456789', outside --charset"),
     ({"charset": "aab"}, "--charset 'aab' repeats a character"),
+    ({"charset": "0123456789abcdefghijklmnopqrstuvwxyz漢"}, "none draws '漢'"),
 ])
 def test_what_cannot_make_a_target_is_one_error_naming_it(changes, message):
     with pytest.raises(SimcaptchaError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -72,6 +73,8 @@ def test_the_target_file_says_what_was_measured_beside_each_value():
     assert yaml.safe_load(text) == target
     assert "  size: [50, 100]  # the pool's median native size is 50x100, read as it is" in text.splitlines()
     assert "  head: positions  # every captcha has the same length: one head per position" in text.splitlines()
+    assert "  charset: abcdefghijklmnopqrstuvwxyz0123456789  # 65 of the vendored fonts draw every character" in \
+        text.splitlines()
 
 
 def test_dry_run_prints_the_target_and_the_experiment_and_writes_nothing(capsys, monkeypatch):

@@ -7,6 +7,7 @@ epochs. One torch thread: on a shared 2-core machine two threads spin against ea
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -241,10 +242,22 @@ def test_ctc_encode_shifts_by_one_and_pads_with_blank():
 ])
 def test_ctc_greedy_decode(columns, text):
     coder = LabelCoder("abc", 4, "ctc")
-    texts, confidence = coder.decode(F_one_hot(torch.tensor([columns]), 4) * 10.0)
+    logits = F_one_hot(torch.tensor([columns]), 4) * 2.0  # sure of each column, not certain
+    texts, confidence = coder.decode(logits)
     assert texts == [text]
-    certain = 1 / (1 + 3 * math.exp(-10))  # the softmax of a column of logits (10, 0, 0, 0)
-    assert confidence == pytest.approx([certain ** len(columns)], rel=1e-5)  # blank columns count too
+    assert confidence == pytest.approx([reading_probability(logits[0], text, "abc")], rel=1e-4)
+
+
+def reading_probability(logits: torch.Tensor, text: str, charset: str) -> float:
+    """The probability of ``text`` under CTC by brute force: every path of classes over the columns whose
+    collapse (repeats merged, blanks dropped) is the text, their probabilities summed."""
+    probabilities = logits.softmax(-1).tolist()
+    total = 0.0
+    for path in itertools.product(range(len(charset) + 1), repeat=len(probabilities)):
+        chars = [c for position, c in enumerate(path) if c and (position == 0 or c != path[position - 1])]
+        if "".join(charset[c - 1] for c in chars) == text:
+            total += math.prod(column[c] for column, c in zip(probabilities, path))
+    return total
 
 
 def test_confidence_is_product_of_column_maxima():

@@ -64,6 +64,8 @@ def label_free_estimate(coder: LabelCoder, logits: torch.Tensor, shortest: int) 
         "estimate_count": len(texts),
         "estimated_char_accuracy": None if collapsed else char_confidence,
         "estimated_captcha_accuracy": None if collapsed else captcha_confidence,
+        "estimate_standard_error": round(float(np.std(captcha_confidences) / np.sqrt(len(texts))), 5)
+        if texts else None,  # of the whole-captcha estimate, from the sample of held-out captchas alone
         "held_out_char_confidence": char_confidence,  # what the estimate would be, collapsed or not
         "held_out_captcha_confidence": captcha_confidence,
         "most_common_reading": reading,

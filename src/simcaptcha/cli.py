@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     site.add_argument("--pool", nargs="+", required=True, metavar="SRC",
                       help="unlabelled captchas: image files, folders, zip/tar, challenge JSON; paths or URLs")
     site.add_argument("--labelled", nargs="+", metavar="SRC", help="labelled captchas, to measure the reader on")
-    site.add_argument("--labels", metavar="FORMAT", help="how the labelled ones are labelled: filename or csv:PATH")
+    site.add_argument("--labels", metavar="FORMAT", help="how the labelled ones are labelled: filename, csv:PATH (name,label "
+                                                            "rows) or json:PATH (an object name: label)")
     site.add_argument("--label-regex", metavar="RE", help="with --labels filename: the label is RE's first group "
                                                            "in the file name (default: up to the first . or _)")
     site.add_argument("--charset", default=RenderConfig.charset,

@@ -50,9 +50,10 @@ class SourceConfig:
 
     sources: list[str] = field(default_factory=list)  # URLs or paths: challenge JSON, zip/tar, folder, generator:
     repeat: int = bounded(1, 1, 10_000)  # fetch each source this many times (an endpoint that serves new captchas per call)
-    labels: Literal["none", "filename", "csv"] = "none"
+    labels: Literal["none", "filename", "csv", "json"] = "none"
     label_regex: str = r"^([^._]+)"  # first group, applied to the file name without folders
     labels_csv: str = ""  # path or URL of a name,label CSV; images without a row are dropped
+    labels_json: str = ""  # path or URL of a JSON object {name: label}; images without an entry are dropped
     sha256: dict[str, str] = field(default_factory=dict)  # source -> expected sha256 of its bytes
     limit: int = bounded(0, 0, MAX_IMAGES)  # keep at most this many images (0 = all), in source order
 
@@ -213,8 +214,8 @@ class SelfTrainConfig:
     #                                                  rounds relabel the pool more often for the same time
     learning_rate: float = bounded(1e-3, 0.0)
     exclude_labelled: bool = True  # keep the evaluation captchas out of the pool, so their figures stay held out
-    holdout: int = bounded(500, 0, MAX_IMAGES)  # pool captchas no reader trains on (at most a fifth of the pool):
-    #   the label-free accuracy estimate reads them; 500 keep its sampling error near 2 points
+    holdout: int = bounded(500, 0, MAX_IMAGES)  # pool captchas no reader trains on (at most a tenth of the pool):
+    #   the label-free accuracy estimate reads them; 500 keep its sampling error under 2 points
     balance_rounds: int = bounded(1, 0, 1000)  # rounds, from the first, whose readings have the characters their reader
     #                                     under-reads raised toward an equal share (1: the start reader's only)
     student_channels: list[int] = bounded([], 1, 1024)  # a fresh reader this wide learns the last round's readings

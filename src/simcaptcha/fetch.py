@@ -114,14 +114,15 @@ def _fetch_set(source: SourceConfig, options: FetchConfig, role: str,
 
 def _check_source_config(source: SourceConfig) -> None:
     """Catch settings that would otherwise be silently ignored."""
-    if source.labels == "csv" and not source.labels_csv:
-        raise SimcaptchaError("labels is 'csv' but labels_csv is empty")
-    if source.labels != "csv" and source.labels_csv:
-        raise SimcaptchaError(f"labels_csv is set but labels is {source.labels!r}, not 'csv'")
-    known = set(source.sources) | {source.labels_csv}
+    for kind, path in (("csv", source.labels_csv), ("json", source.labels_json)):
+        if source.labels == kind and not path:
+            raise SimcaptchaError(f"labels is {kind!r} but labels_{kind} is empty")
+        if source.labels != kind and path:
+            raise SimcaptchaError(f"labels_{kind} is set but labels is {source.labels!r}, not {kind!r}")
+    known = set(source.sources) | {source.labels_csv, source.labels_json}
     for key in source.sha256:
         if key not in known:
-            raise SimcaptchaError(f"sha256 has an entry for {key!r}, which is neither a source nor labels_csv")
+            raise SimcaptchaError(f"sha256 has an entry for {key!r}, which is neither a source nor a labels file")
 
 
 # ---------------------------------------------------------------- sources
@@ -393,13 +394,16 @@ def _labelled(images: list[FetchedImage], source: SourceConfig, options: FetchCo
     if source.labels == "filename":
         pattern = _label_pattern(source.label_regex)
         return [(image, _filename_label(image, pattern)) for image in images]
-    table = _read_labels_csv(source, options, cache_dir, role)
+    spec = source.labels_csv if source.labels == "csv" else source.labels_json
+    data = _get_bytes(spec, 0, options, cache_dir, role)
+    _check_sha256(spec, data, source.sha256)
+    table = _labels_csv(spec, data) if source.labels == "csv" else _labels_json(spec, data)
     kept = [(image, table[image.name]) for image in images if image.name in table]
     found = {image.name for image, _ in kept}
     missing = [name for name in table if name not in found]
     if missing:
-        raise SimcaptchaError(f"{source.labels_csv}: {len(missing)} row(s) have no image, "
-                              f"the first is {missing[0]!r}")
+        raise SimcaptchaError(f"{spec}: {len(missing)} {'row(s)' if source.labels == 'csv' else 'entries'} have no "
+                              f"image, the first is {missing[0]!r}")
     return kept
 
 
@@ -420,11 +424,29 @@ def _filename_label(image: FetchedImage, pattern: re.Pattern[str]) -> str:
     return match.group(1)
 
 
-def _read_labels_csv(source: SourceConfig, options: FetchConfig, cache_dir: Path, role: str) -> dict[str, str]:
-    """The name -> label table; its rows are the labelled set."""
-    spec = source.labels_csv
-    data = _get_bytes(spec, 0, options, cache_dir, role)
-    _check_sha256(spec, data, source.sha256)
+def _labels_json(spec: str, data: bytes) -> dict[str, str]:
+    """The name -> label table of a JSON object; its entries are the labelled set."""
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        table = dict(pairs)
+        if len(table) < len(pairs):
+            repeated = next(name for index, (name, _) in enumerate(pairs) if name in dict(pairs[:index]))
+            raise SimcaptchaError(f"{spec}: name {repeated!r} appears more than once")
+        return table
+
+    try:
+        table = json.loads(data.decode("utf-8"), object_pairs_hook=unique)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise SimcaptchaError(f"{spec}: not readable JSON ({_one_line(error)})") from None
+    if not isinstance(table, dict):
+        raise SimcaptchaError(f"{spec}: needs a JSON object of name: label, has {type(table).__name__}")
+    for name, label in table.items():
+        if not isinstance(label, str):
+            raise SimcaptchaError(f"{spec}: the label of {name!r} is {label!r}, not a string")
+    return table
+
+
+def _labels_csv(spec: str, data: bytes) -> dict[str, str]:
+    """The name -> label table of a name,label CSV; its rows are the labelled set."""
     try:
         table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:

@@ -14,7 +14,7 @@ from .store import ImageSet
 
 def pool_rows(pool: ImageSet, labelled: ImageSet, config: SelfTrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Which pool captchas self-training reads, and which it never reads: the held-out ones the label-free
-    accuracy estimate reads (``selftrain.holdout``, the last of the pool, at most a fifth of what is left).
+    accuracy estimate reads (``selftrain.holdout``, the last of the pool, at most a tenth of what is left).
 
     With ``exclude_labelled`` no evaluation captcha is read, so their figures stay held out. They are told by
     content, not by name: a pool and an evaluation folder that number their files alike are different captchas.
@@ -27,7 +27,7 @@ def pool_rows(pool: ImageSet, labelled: ImageSet, config: SelfTrainConfig) -> tu
                               "labelled set); set it to false to read the evaluation images unlabelled")
     rows = np.flatnonzero(readable)
     held_out = np.zeros(len(pool), dtype=bool)
-    held_out[rows[len(rows) - min(config.holdout, len(rows) // 5):]] = True
+    held_out[rows[len(rows) - min(config.holdout, len(rows) // 10):]] = True
     return readable & ~held_out, held_out
 
 

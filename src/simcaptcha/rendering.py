@@ -291,16 +291,19 @@ def fonts_with_glyphs(fonts: list[Path], charset: str) -> tuple[list[Path], list
     A missing glyph would teach the reader a wrong shape for a label. It draws as the font's "not defined"
     box (or as nothing), so each glyph is compared with a code point that no font defines.
     """
-    usable, lacking = [], []
+    usable, lacking, drawn = [], [], set()
     for path in fonts:
         missing = np.asarray(glyph_bitmap(str(path), 32, 0, "\U0010fffd"))
+        lacks = False
         for char in charset.replace(" ", ""):
             bitmap = np.asarray(glyph_bitmap(str(path), 32, 0, char))
             if not bitmap.any() or (bitmap.shape == missing.shape and np.array_equal(bitmap, missing)):
-                lacking.append(path)
-                break
-        else:
-            usable.append(path)
+                lacks = True
+            else:
+                drawn.add(char)
+        (lacking if lacks else usable).append(path)
     if not usable:
-        raise SimcaptchaError(f"render.fonts: no font draws every character of render.charset {charset!r}")
+        nowhere = "".join(char for char in charset.replace(" ", "") if char not in drawn)
+        raise SimcaptchaError(f"render.fonts: no font draws every character of render.charset {charset!r}"
+                              + (f"; none draws {nowhere!r}" if nowhere else ""))
     return usable, lacking

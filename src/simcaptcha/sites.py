@@ -4,8 +4,9 @@ and the final reader and its figures are left under sites/NAME/.
 
 Measured here, before the pipeline: the working size (the pool's native size, scaled down to at most
 ``MAX_WORKING`` for time and memory), the captcha length (from the labels when there are some) and the reader's
-head (CTC where the length varies). The pipeline's own stages measure the rest from the pool (polarity,
-background, mask, text height, stroke, fonts, placement) and evaluate estimates the accuracy without a label.
+head (CTC where the length varies); a charset that no vendored font draws is refused, naming the characters.
+The pipeline's own stages measure the rest from the pool (polarity, background, mask, text height, stroke, fonts,
+placement) and evaluate estimates the accuracy without a label.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import yaml
 from .config import Config, FetchConfig, RenderConfig, SourceConfig, parse_section
 from .errors import SimcaptchaError
 from .fetch import fetch_set, source_images
+from .fonts import resolve_fonts
 from .imaging import decode_image
 from .pipeline import FETCH_CACHE, METRICS, MODELS
+from .rendering import fonts_with_glyphs
 from .store import read_json
 
 MAX_WORKING = (64, 256)  # height, width: larger captchas are read scaled down, aspect kept
@@ -63,10 +66,10 @@ def labelled_source(request: SiteRequest) -> dict:
     kind, _, path = request.labels.partition(":")
     if kind == "filename" and not path:
         source = {"sources": request.labelled, "labels": "filename", "labels_csv": ""}
-    elif kind == "csv" and path:
-        source = {"sources": request.labelled, "labels": "csv", "labels_csv": path}
+    elif kind in ("csv", "json") and path:
+        source = {"sources": request.labelled, "labels": kind, f"labels_{kind}": path}
     else:
-        raise SimcaptchaError(f"--labels {request.labels!r}: expected filename or csv:PATH")
+        raise SimcaptchaError(f"--labels {request.labels!r}: expected filename, csv:PATH or json:PATH")
     if request.label_regex is not None:
         source["label_regex"] = request.label_regex
     return source
@@ -108,10 +111,11 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     if not NAME.fullmatch(request.name):
         raise SimcaptchaError(f"site name {request.name!r}: letters, digits, '-' and '_', at most 64")
     try:
-        parse_section(RenderConfig, {"charset": request.charset}, "render")
+        render = parse_section(RenderConfig, {"charset": request.charset}, "render")
+        fonts, _ = fonts_with_glyphs(resolve_fonts(render.fonts), render.charset)
     except SimcaptchaError as error:
         raise SimcaptchaError(str(error).replace("params: render.charset", "--charset")) from None
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {"render.charset": f"{len(fonts)} of the vendored fonts draw every character"}
     labelled = labelled_source(request)
     size, notes["binarize.size"] = working_size(*native_sizes(request.pool))
     length = request.length
