@@ -1,37 +1,54 @@
 """Ship a target run's final reader inside the package, with its figures in the bundled readers' catalog.
 
-Usage (after python benchmarks/run_target.py TARGET evaluate --name RUN):
+Usage (after python benchmarks/run_target.py TARGET evaluate --name RUN, or RUN default after dvc repro):
     python benchmarks/bundle_reader.py RUN --as NAME --site "what the site is"
-copies .cache/targets/RUN/main/data/models/selftrained.safetensors to src/simcaptcha/readers/NAME.safetensors and
-writes its entry in src/simcaptcha/readers/catalog.json from metrics/targets/RUN/ (evaluate.json, run.json):
+copies .cache/targets/RUN/main/data/models/selftrained.safetensors (default: data/models/...) to src/simcaptcha/readers/NAME.safetensors and
+writes its entry in src/simcaptcha/readers/catalog.json from metrics/targets/RUN/ (evaluate.json, run.json;
+default: metrics/evaluate.json, this machine, today and HEAD):
 the measured and estimated figures, the real labels used, the machine, and the commands that rebuild it. The
 same commands on the same machine type give a file with the same sha256.
 """
 
 import argparse
+import datetime
 import hashlib
 import json
 import re
 import shutil
 from pathlib import Path
 
+from run_target import commit_of, cpu_model
+
 from simcaptcha.bundled import CATALOG, CATALOG_KEYS, READERS, catalog
 from simcaptcha.errors import SimcaptchaError, run_main
+from simcaptcha.machine import available_cores
 from simcaptcha.modelfile import load_reader
 from simcaptcha.store import write_json
 
 ROOT = Path.cwd()
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")  # a bare name: never mistaken for a path by --model
+DEFAULT_RUN = "default"  # the workspace's own dvc repro, not a target run
+
+
+def workspace_record() -> dict:
+    """What run.json says of a target run, for the workspace's own default run (its last dvc repro)."""
+    return {"cpu": cpu_model(), "cores": available_cores(), "date": datetime.date.today().isoformat(),
+            "commit": commit_of(ROOT)}
 
 
 def catalog_entry(run: str, name: str, site: str, reader: Path) -> dict:
-    """The catalog's entry for the reader of target run ``run``, from the figures that run wrote."""
-    figures = ROOT / "metrics" / "targets" / run
-    evaluate = json.loads((figures / "evaluate.json").read_text())["selftrained"]
-    record = json.loads((figures / "run.json").read_text())
-    stages = " ".join(record["stages"]) if isinstance(record["stages"], list) else ""
-    rebuild = (f"python benchmarks/run_target.py {record['target']} {stages} --name {run} && "
-               f"python benchmarks/bundle_reader.py {run} --as {name} --site {json.dumps(site)}")
+    """The catalog's entry for the reader of target run ``run`` (``default``: the workspace's dvc repro), from the
+    figures that run wrote."""
+    bundle = f"python benchmarks/bundle_reader.py {run} --as {name} --site {json.dumps(site)}"
+    if run == DEFAULT_RUN:
+        evaluate = json.loads((ROOT / "metrics" / "evaluate.json").read_text())["selftrained"]
+        record, rebuild = workspace_record(), f"dvc repro && {bundle}"
+    else:
+        figures = ROOT / "metrics" / "targets" / run
+        evaluate = json.loads((figures / "evaluate.json").read_text())["selftrained"]
+        record = json.loads((figures / "run.json").read_text())
+        stages = " ".join(record["stages"]) if isinstance(record["stages"], list) else ""
+        rebuild = f"python benchmarks/run_target.py {record['target']} {stages} --name {run} && {bundle}"
     entry = {"file": f"{name}.safetensors", "site": site, "rebuild": " ".join(rebuild.split()),
              "sha256": hashlib.sha256(reader.read_bytes()).hexdigest(),
              **{key: record[key] for key in ("cpu", "cores", "date", "commit")},
@@ -48,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     if not NAME.fullmatch(args.name):
         raise SimcaptchaError(f"--as {args.name!r}: lower-case letters, digits and '-', at most 40")
-    reader = ROOT / ".cache" / "targets" / args.run / "main" / "data" / "models" / "selftrained.safetensors"
+    project = ROOT if args.run == DEFAULT_RUN else ROOT / ".cache" / "targets" / args.run / "main"
+    reader = project / "data" / "models" / "selftrained.safetensors"
     load_reader(reader)  # a whole, consistent reader file, or one line saying what is wrong
     entry = catalog_entry(args.run, args.name, args.site, reader)
     if entry["real_labels_used"] != 0:

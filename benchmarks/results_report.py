@@ -11,6 +11,7 @@ benchmarks/run_target.py and the other benchmarks leave them). Writes:
 - in README.md and docs/*.md, the text between ``<!-- results:begin -->`` and ``<!-- results:end -->`` (the
   per-target table) and between ``<!-- results:ID:begin -->`` and ``<!-- results:ID:end -->`` for these IDs:
   ``default`` (what a plain dvc repro reads), ``trust`` (the label-free estimate beside the measured figures),
+  ``profile`` (seconds per stage),
   ``readers:NAME``, ``label-budget:NAME``, ``ablation:NAME``,
   ``ddddocr:NAME``, and one sentence each from ``mask:NAME``, ``refine:NAME`` and ``self-train:NAME`` (NAME:
   ``default`` or a target). Everything outside the markers is left as it is.
@@ -208,6 +209,19 @@ def default_summary(data: dict) -> str:
             f"configuration: see the table below.")
 
 
+def profile_table(data: dict) -> str:
+    """Seconds per stage, fetch to evaluate, for the default run and each target run that recorded its CPU."""
+    runs = [("default", data["default"]["stages"], "this repository's last `dvc repro`")]
+    runs += [(name, target["stages"], f"{target['run']['cpu']}, {target['run']['cores']} cores")
+             for name in ordered(data["targets"]) for target in [data["targets"][name]]
+             if target["run"].get("cpu", "not recorded") != "not recorded"]
+    rows = [[stage] + [duration(stages[stage]) if stage in stages else "—" for _, stages, _ in runs]
+            for stage in STAGES.values()]
+    rows.append(["**sum**"] + [f"**{duration(stage_sum(stages))}**" for _, stages, _ in runs])
+    rows.append(["machine"] + [machine for _, _, machine in runs])
+    return "\n".join(table(["stage"] + [SHORT.get(name, f"`{name}`") for name, _, _ in runs], rows))
+
+
 def trust_table(data: dict) -> str:
     """The answer's label-free estimate beside what the labels measured, its calibration error and the share it
     reads at 99 % precision: the default run and every target run that made the estimate."""
@@ -338,6 +352,8 @@ def block(identifier: str, data: dict) -> str:
         return default_summary(data)
     if identifier == "trust":
         return trust_table(data)
+    if identifier == "profile":
+        return profile_table(data)
     kind, _, name = identifier.partition(":")
     if kind == "label-budget" and name:
         return label_budget_table(name, data)

