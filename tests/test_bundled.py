@@ -76,3 +76,24 @@ def test_every_shipped_reader_is_whole_zero_label_and_as_catalogued():
         assert entry["real_labels_used"] == 0 and set(entry) == set(bundled.CATALOG_KEYS)
     assert sorted(path.name for path in bundled.READERS.glob("*.safetensors")) == sorted(
         entry["file"] for entry in entries.values())
+
+
+# Where each shipped reader's catalogued figures were measured: its labelled images and their labels.
+MEASURED_ON = {"hackmit2017": (SAMPLES / "challenge-19", SAMPLES / "dev_labels.csv")}
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED_ON))
+def test_a_shipped_reader_reads_its_site_as_its_catalog_says(capsys, name):
+    """``predict --model NAME`` right after install gives the figures ``simcaptcha models`` promises."""
+    images, labels_csv = MEASURED_ON[name]
+    code, out, _ = run_cli(capsys, "predict", "--model", name, str(images))
+    assert code == 0
+    predictions = {row["name"]: row["prediction"] for row in csv.DictReader(io.StringIO(out))}
+    labels = {row["name"]: row["label"] for row in csv.DictReader(labels_csv.open())}
+    characters = sum(len(label) for label in labels.values())
+    right = sum(a == b for name_, label in labels.items() for a, b in zip(predictions[name_], label))
+    entry = bundled.catalog()[name]
+    assert len(labels) == entry["count"]
+    assert right / characters == pytest.approx(entry["char_accuracy"], abs=1e-5)
+    assert sum(predictions[n] == label for n, label in labels.items()) / len(labels) == pytest.approx(
+        entry["captcha_accuracy"], abs=1e-5)
