@@ -38,7 +38,7 @@ print(json.dumps({**accuracy_figures(texts, labelled.labels), "real_labels_used"
 """
 EXTRA = {  # row -> (params on top of the target, stage to run up to, reader to evaluate)
     "synthetic only": ({"augment": {"enabled": False}}, "train-classifier@synthetic", "synthetic"),
-    "+ refiner": ({"gan": {"consistency": 0.0}}, "train-classifier@refined", "refined"),
+    "+ refiner": ({"gan": {"consistency": 0.0}}, "train-classifier-refined", "refined"),
 }
 FROM_RUN = {"+ augmentation": "synthetic", "+ label-consistency": "refined", "+ self-training": "selftrained"}
 ORDER = ["synthetic only", "+ augmentation", "+ refiner", "+ label-consistency", "+ self-training"]

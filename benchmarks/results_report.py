@@ -58,7 +58,7 @@ STAGES = {  # stage metrics file -> stage, in pipeline order; their seconds add 
     "fetch": "fetch", "binarize": "binarize", "mask": "mask", "estimate": "estimate",
     "render-fonts": "render-fonts", "augment": "augment",
     "train-classifier-synthetic": "train-classifier@synthetic", "train-classifier-glyphs": "train-classifier@glyphs",
-    "train-gan": "train-gan", "refine": "refine", "train-classifier-refined": "train-classifier@refined",
+    "train-gan": "train-gan", "refine": "refine", "train-classifier-refined": "train-classifier-refined",
     "self-train": "self-train", "evaluate": "evaluate",
 }
 SENTENCE_FILES = ("mask", "refine", "self-train")  # read for the one-sentence figures of docs/method.md

@@ -1,11 +1,13 @@
-"""DVC stage train-classifier@NAME: a reader trained on synthetic (NAME=synthetic), refined (refined) or
-single-glyph (glyphs) images, plus classifier.real_labels real labelled captchas when allowed.
+"""DVC stage train-classifier@NAME: a reader trained on synthetic (NAME=synthetic) or single-glyph (glyphs) images,
+and stage train-classifier-refined: the synthetic reader fine-tuned on refined images (classifier.refined_epochs;
+0 trains it from scratch too); each plus classifier.real_labels real labelled captchas when allowed.
 
 Runs as one process (dvc repro) or as several under torchrun:
     torchrun --nproc_per_node N stages/train_classifier.py NAME
 """
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -17,11 +19,21 @@ from simcaptcha.errors import SimcaptchaError, run_main
 from simcaptcha.imaging import load_preprocessing
 from simcaptcha.machine import is_main_process
 from simcaptcha.mask import site_mask
-from simcaptcha.modelfile import ReaderSpec, save_reader
+from simcaptcha.modelfile import ReaderSpec, load_reader, save_reader
 from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
 from simcaptcha.reader_training import check_labels, real_labelled, train_reader
 from simcaptcha.reading import pick_device, resolve_precision
 from simcaptcha.store import read_image_set, write_csv
+
+
+def fine_tuning_start(spec: ReaderSpec, dropout: float) -> torch.nn.Module:
+    """The synthetic reader, to fine-tune on refined images: it must read what this reader will."""
+    model, start, _ = load_reader(MODELS / "synthetic.safetensors", dropout)
+    if (start.charset, start.length, start.head, start.channels, start.height, start.width) != (
+            spec.charset, spec.length, spec.head, spec.channels, spec.height, spec.width):
+        raise SimcaptchaError(f"{MODELS / 'synthetic.safetensors'}: built for other params than the refined reader's; "
+                              "run dvc repro to rebuild it")
+    return model
 
 
 def main(name: str) -> None:
@@ -44,7 +56,11 @@ def main(name: str) -> None:
         spec = ReaderSpec(render.charset, length, head, tuple(config.channels), images.shape[1], images.shape[2],
                           params.binarize, polarity, tuple(real_names))
         torch.manual_seed(config.seed)  # the initial weights, too, come from the seed
-        model = spec.build(config.dropout)
+        if name == "refined" and config.refined_epochs:
+            model = fine_tuning_start(spec, config.dropout)
+            config = replace(config, epochs=config.refined_epochs, learning_rate=config.refined_learning_rate)
+        else:
+            model = spec.build(config.dropout)
         checkpoint, device = CHECKPOINTS / f"train-classifier-{name}.pt", pick_device()
         figures["precision"] = resolve_precision(config.precision, device)  # what "auto" chose on this machine
         log = train_reader(model, spec.coder(), images, labels, config,

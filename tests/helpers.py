@@ -69,7 +69,7 @@ TINY = {  # params small enough that the whole pipeline reproduces in a test
     "estimate": {"sample": 60, "probe": 10, "workers": 1},
     "render": {"count": 120, "glyph_count": 60, "workers": 1, "fonts": ["Roboto", "Lato"], "closest_fonts": 2},
     "augment": {"batch_size": 64},
-    "classifier": {"epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 32},
+    "classifier": {"epochs": 1, "refined_epochs": 1, "channels": [4, 8, 8, 8], "batch_size": 32},
     "gan": {"steps": 4, "pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "batch_size": 8,
             "history_size": 16, "holdout": 50, "refiner_channels": 4, "refiner_blocks": 1,
             "discriminator_channels": 4},

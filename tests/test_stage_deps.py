@@ -135,5 +135,6 @@ def test_each_stage_writes_the_metrics_file_dvc_yaml_declares(name):
     declared = {next(iter(entry)) for entry in body.get("metrics", [])}
     written = {f"metrics/{match}.json" for match in
                re.findall(r'stage_metrics\(f?"([^"]+)"\)', stage_script(STAGES[name]).read_text())}
-    written = {path.replace("{name}", "${key}") for path in written}
+    name_argument = "${key}" if "do" in STAGES[name] else STAGES[name]["cmd"].split()[-1]  # train_classifier.py NAME
+    written = {path.replace("{name}", name_argument) for path in written}
     assert written == declared, f"dvc.yaml stage {name}: declares {sorted(declared)}, writes {sorted(written)}"

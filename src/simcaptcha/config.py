@@ -196,6 +196,9 @@ class ClassifierConfig:
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # bfloat16: convolutions under autocast, faster only
     #   where the hardware has it (AMX CPUs, GPUs) and several times slower where it is emulated; auto detects it
     real_labels: int = bounded(0, 0, MAX_IMAGES)  # real labelled captchas allowed into training; evaluate skips them
+    refined_epochs: int = bounded(2, 0, 1000)  # the refined reader fine-tunes the synthetic reader this many epochs: a
+    #   refined image is a synthetic one with a few pixels changed, which that reader already reads; 0: from scratch
+    refined_learning_rate: float = bounded(5e-4, 0.0)  # its peak rate: lower than a fresh reader's, to adapt, not relearn
     seed: int = bounded(0, 0, 2**31 - 1)
 
 
