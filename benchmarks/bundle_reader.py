@@ -1,10 +1,14 @@
-"""Ship a target run's final reader inside the package, with its figures in the bundled readers' catalog.
+"""Ship a run's final reader inside the package, with its figures in the bundled readers' catalog.
 
-Usage (after python benchmarks/run_target.py TARGET evaluate --name RUN, or RUN default after dvc repro):
+Usage, RUN being one of:
     python benchmarks/bundle_reader.py RUN --as NAME --site "what the site is"
-copies .cache/targets/RUN/main/data/models/selftrained.safetensors (default: data/models/...) to src/simcaptcha/readers/NAME.safetensors and
-writes its entry in src/simcaptcha/readers/catalog.json from metrics/targets/RUN/ (evaluate.json, run.json;
-default: metrics/evaluate.json, this machine, today and HEAD):
+  NAME of python benchmarks/run_target.py TARGET evaluate --name NAME: its reader in .cache/targets/NAME/main, its
+      figures in metrics/targets/NAME/ (evaluate.json, run.json);
+  panel:SITE after python benchmarks/panel.py --site SITE: its reader in .cache/panel/SITE/main/sites/SITE/, its
+      figures in metrics/panel/SITE/evaluate.json and its row of metrics/panel.json;
+  default after dvc repro: data/models/ and metrics/evaluate.json, this machine, today and HEAD.
+It copies the reader to src/simcaptcha/readers/NAME.safetensors and writes its entry in
+src/simcaptcha/readers/catalog.json:
 the measured and estimated figures, the real labels used, the machine, and the commands that rebuild it. The
 same commands on the same machine type give a file with the same sha256.
 """
@@ -28,6 +32,7 @@ from simcaptcha.store import write_json
 ROOT = Path.cwd()
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")  # a bare name: never mistaken for a path by --model
 DEFAULT_RUN = "default"  # the workspace's own dvc repro, not a target run
+PANEL = "panel:"  # panel:SITE, a site of benchmarks/panel.py
 
 
 def workspace_record() -> dict:
@@ -43,6 +48,13 @@ def catalog_entry(run: str, name: str, site: str, reader: Path) -> dict:
     if run == DEFAULT_RUN:
         evaluate = json.loads((ROOT / "metrics" / "evaluate.json").read_text())["selftrained"]
         record, rebuild = workspace_record(), f"dvc repro && {bundle}"
+    elif run.startswith(PANEL):
+        site = run.removeprefix(PANEL)
+        evaluate = json.loads((ROOT / "metrics" / "panel" / site / "evaluate.json").read_text())["selftrained"]
+        row = json.loads((ROOT / "metrics" / "panel.json").read_text())[site]
+        cpu, _, cores = row["cpu"].rpartition(", ")  # "AMD EPYC, 2 cores"
+        record = {"cpu": cpu, "cores": int(cores.split()[0]), "date": row["date"], "commit": row["commit"]}
+        rebuild = f"python benchmarks/panel.py --site {site} && {bundle}"
     else:
         figures = ROOT / "metrics" / "targets" / run
         evaluate = json.loads((figures / "evaluate.json").read_text())["selftrained"]
@@ -59,14 +71,18 @@ def catalog_entry(run: str, name: str, site: str, reader: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="the --name of the run_target.py run")
+    parser.add_argument("run", help="the --name of a run_target.py run, panel:SITE or default")
     parser.add_argument("--as", dest="name", required=True, help="the bundled reader's name, e.g. kaggle-v2")
     parser.add_argument("--site", required=True, help="one line on the site the reader reads")
     args = parser.parse_args()
     if not NAME.fullmatch(args.name):
         raise SimcaptchaError(f"--as {args.name!r}: lower-case letters, digits and '-', at most 40")
-    project = ROOT if args.run == DEFAULT_RUN else ROOT / ".cache" / "targets" / args.run / "main"
-    reader = project / "data" / "models" / "selftrained.safetensors"
+    if args.run.startswith(PANEL):
+        site = args.run.removeprefix(PANEL)
+        reader = ROOT / ".cache" / "panel" / site / "main" / "sites" / site / "reader.safetensors"
+    else:
+        project = ROOT if args.run == DEFAULT_RUN else ROOT / ".cache" / "targets" / args.run / "main"
+        reader = project / "data" / "models" / "selftrained.safetensors"
     load_reader(reader)  # a whole, consistent reader file, or one line saying what is wrong
     entry = catalog_entry(args.run, args.name, args.site, reader)
     if entry["real_labels_used"] != 0:

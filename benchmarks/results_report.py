@@ -145,7 +145,7 @@ def load(root: Path) -> dict:
             "stages": {stage: read_json(folder / f"{name}.json")["seconds"] for name, stage in STAGES.items()
                        if (folder / f"{name}.json").exists()},
         }
-    return {"default": default, "targets": targets}
+    return {"default": default, "targets": targets, "panel": optional_json(metrics / "panel.json") or {}}
 
 
 def ordered(targets: dict) -> list[str]:
@@ -238,6 +238,29 @@ def trust_table(data: dict) -> str:
             if "estimate_count" in answer and "char_accuracy" in answer]
     return "\n".join(table(["run", "per character: measured / estimated", "whole: measured / estimated",
                              "calibration error (whole)", "read at 99 % precision", "pool captchas estimated on"],
+                            rows))
+
+
+def panel_table(data: dict) -> str:
+    """Each panel site (metrics/panel.json) as `simcaptcha site` read it with only its sources, labels and charset:
+    measured beside estimated, ddddocr on the same images, and the time and machine it took."""
+    def figure(row: dict, key: str) -> str:
+        return "—" if row.get(key) is None else percent(row[key])
+
+    rows = []
+    for name, row in data["panel"].items():
+        if "skipped" in row:
+            rows.append([f"`{name}`", f"not run: {row['skipped']}"] + [""] * 7)
+            continue
+        estimate = "collapsed" if row["collapsed"] else (
+            f"{figure(row, 'estimated_char_accuracy')} / {figure(row, 'estimated_captcha_accuracy')}")
+        rows.append([f"`{name}`", f"{percent(row['char_accuracy'])} / {percent(row['captcha_accuracy'])}",
+                     figure(row, "length_accuracy"), estimate,
+                     f"{figure(row, 'ddddocr_char_accuracy')} / {figure(row, 'ddddocr_captcha_accuracy')}",
+                     f"{count(row['count'])}{' (also the pool)' if row['pool_is_evaluation_set'] else ''}",
+                     str(row["real_labels_used"]), duration(row["seconds"]), f"{row['cpu']}, {row['date']}"])
+    return "\n".join(table(["site", "measured: per character / whole", "length read right", "estimated without labels",
+                             "ddddocr 1.6.1", "evaluation captchas", "real labels used", "wall time", "machine"],
                             rows))
 
 
@@ -354,6 +377,8 @@ def block(identifier: str, data: dict) -> str:
         return trust_table(data)
     if identifier == "profile":
         return profile_table(data)
+    if identifier == "panel":
+        return panel_table(data)
     kind, _, name = identifier.partition(":")
     if kind == "label-budget" and name:
         return label_budget_table(name, data)

@@ -25,16 +25,18 @@ def test_accuracy_figures_hand_computed():
         "captcha_accuracy": 0.2,
         # "ba" is an anagram: the right characters, the wrong captcha
         "presence_accuracy": 0.4,
+        # "a" and "abc" have the wrong number of characters
+        "length_accuracy": 0.6,
     }
 
 
 def test_accuracy_figures_all_right_and_all_wrong():
     assert accuracy_figures(["xyz", "abc"], ["xyz", "abc"]) == {
         "count": 2, "char_accuracy": 1.0, "captcha_accuracy": 1.0, "per_position_accuracy": [1.0, 1.0, 1.0],
-        "presence_accuracy": 1.0}
+        "presence_accuracy": 1.0, "length_accuracy": 1.0}
     assert accuracy_figures(["", ""], ["xyz", "abc"]) == {
         "count": 2, "char_accuracy": 0.0, "captcha_accuracy": 0.0, "per_position_accuracy": [0.0, 0.0, 0.0],
-        "presence_accuracy": 0.0}
+        "presence_accuracy": 0.0, "length_accuracy": 0.0}
 
 
 def test_accuracy_figures_anagram_is_present_but_wrong():
@@ -71,6 +73,7 @@ def test_accuracy_figures_variable_length_truth():
     assert figures["per_position_accuracy"] == [0.66667, 0.66667, 1.0]  # position 2: only "abc" has one
     assert figures["char_accuracy"] == pytest.approx(5 / 7, abs=1e-5)
     assert figures["captcha_accuracy"] == pytest.approx(2 / 3, abs=1e-5)
+    assert figures["length_accuracy"] == pytest.approx(2 / 3, abs=1e-5)  # "a" for "xy"
     assert figures["count"] == 3
 
 
@@ -102,11 +105,11 @@ def test_accuracy_figures_invariants(pairs):
     predicted = [p for _, p in pairs]
     figures = accuracy_figures(predicted, truth)
     assert figures["count"] == len(truth)
-    for key in ("char_accuracy", "captcha_accuracy", "presence_accuracy"):
+    for key in ("char_accuracy", "captcha_accuracy", "presence_accuracy", "length_accuracy"):
         assert 0.0 <= figures[key] <= 1.0
     assert len(figures["per_position_accuracy"]) == max(map(len, truth))
     # a captcha read right is read right in every sense
-    assert figures["captcha_accuracy"] <= figures["presence_accuracy"]
+    assert figures["captcha_accuracy"] <= figures["presence_accuracy"] <= figures["length_accuracy"]
     # every character of a captcha read right is a character read right (char accuracy weighs by length)
     whole = sum(len(t) for t, p in zip(truth, predicted) if t == p)
     assert figures["char_accuracy"] * sum(map(len, truth)) >= whole - 1e-4 * len(truth)

@@ -36,7 +36,10 @@ def test_list_prints_each_site_command_and_why_a_site_is_skipped():
     assert [line.split()[2] for line in out] == ["hackmit2017", "kaggle-v2", "seu-letters", "seu-digits",
                                                 "mnist-digits", "generated-3-6", "receita", "esaj"]
     assert all(line.startswith("simcaptcha site ") for line in out)
-    assert sum("(skipped: " in line for line in out) == 3
+    assert [line.split()[2] for line in out if "(skipped: " in line] == ["receita", "esaj"]
+    generated = next(line for line in out if line.split()[2] == "generated-3-6").split()
+    assert generated[-2:] == ["--length", "3-6"]  # one pool source per length, 3 to 6
+    assert [source.rsplit("length=", 1)[1] for source in generated if "count=750" in source] == ["3", "4", "5", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,19 @@ def test_the_default_run_is_bundled_from_the_workspace(tmp_path, monkeypatch, bu
     assert entry["rebuild"] == ('dvc repro && python benchmarks/bundle_reader.py default --as hackmit2017 '
                                 '--site "HackMIT"')
     assert (entry["captcha_accuracy"], entry["estimated_captcha_accuracy"], entry["cpu"]) == (0.67, None, "X")
+
+
+def test_a_panel_site_is_bundled_from_its_panel_row(tmp_path, monkeypatch, bundle):
+    monkeypatch.setattr(bundle, "ROOT", tmp_path)
+    (tmp_path / "metrics" / "panel" / "hackmit2017").mkdir(parents=True)
+    (tmp_path / "metrics" / "panel" / "hackmit2017" / "evaluate.json").write_text(json.dumps({"selftrained": {
+        "char_accuracy": 0.95, "captcha_accuracy": 0.8, "count": 300, "real_labels_used": 0}}))
+    (tmp_path / "metrics" / "panel.json").write_text(json.dumps({"hackmit2017": {
+        "cpu": "AMD EPYC, 2 cores", "date": "2026-12-07", "commit": "def456"}}))
+    reader = tmp_path / "reader.safetensors"
+    reader.write_bytes(b"w")
+    entry = bundle.catalog_entry("panel:hackmit2017", "hackmit2017", "HackMIT", reader)
+    assert entry["rebuild"] == ('python benchmarks/panel.py --site hackmit2017 && python benchmarks/bundle_reader.py '
+                                'panel:hackmit2017 --as hackmit2017 --site "HackMIT"')
+    assert (entry["captcha_accuracy"], entry["cpu"], entry["cores"], entry["commit"]) == (0.8, "AMD EPYC", 2,
+                                                                                          "def456")

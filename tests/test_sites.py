@@ -83,7 +83,7 @@ def test_dry_run_prints_the_target_and_the_experiment_and_writes_nothing(capsys,
                              "--dry-run")
     assert (code, err) == (0, "") and not (REPO / "targets" / "demo.yaml").exists()
     assert out.startswith("# targets/demo.yaml, not written (--dry-run)\n")
-    assert out.splitlines()[-1].startswith("dvc exp run -S ") and out.rstrip().endswith("--name demo")
+    assert out.splitlines()[-1].startswith("dvc exp run -S ") and out.rstrip().endswith(" evaluate --name demo")
 
 
 def test_the_summary_withholds_a_collapsed_run():
@@ -107,3 +107,4 @@ def test_site_runs_the_pipeline_and_leaves_its_reader_and_figures(tiny_project):
                      str(SAMPLES / "challenge-19")], tiny_project)
     assert read.startswith("name,prediction,confidence\n") and read.count("\n") == 1001
     assert "demo" in run_tool(["dvc", "exp", "show", "--csv"], tiny_project)
+    assert "label-budget" not in out  # up to evaluate: the grid is not part of a site's run

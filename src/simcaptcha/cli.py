@@ -112,7 +112,9 @@ def command_site(args: argparse.Namespace) -> None:
                           args.charset, parse_length(args.length) if args.length else None)
     target, notes = site_target(request)
     text, path = target_text(request, target, notes), Path("targets") / f"{args.name}.yaml"
-    command = ["dvc", "exp", "run", *overrides_for(target), "--name", args.name]
+    # Up to evaluate: the label-budget grid asks what real labels would add, which a site's first run need not
+    # answer, and costs minutes (dvc exp apply NAME, then dvc repro, runs it).
+    command = ["dvc", "exp", "run", *overrides_for(target), "evaluate", "--name", args.name]
     if args.dry_run:
         print(f"# {path}, not written (--dry-run)\n{text}{' '.join(command)}")
         return

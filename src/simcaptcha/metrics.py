@@ -12,7 +12,8 @@ def accuracy_figures(predicted: list[str], truth: list[str]) -> dict:
 
     char_accuracy: characters read right in their position, over all true characters (a missing character
     counts as wrong; an extra one only costs captcha_accuracy). presence_accuracy: captchas whose multiset of
-    characters is right, wherever they stand (what a position-free reader would score).
+    characters is right, wherever they stand (what a position-free reader would score). length_accuracy: captchas
+    read with as many characters as they hold (what a variable-length site asks of a CTC reader first).
     """
     if not truth:
         return {"count": 0}
@@ -30,6 +31,7 @@ def accuracy_figures(predicted: list[str], truth: list[str]) -> dict:
         "captcha_accuracy": round(float(np.mean([g == t for g, t in zip(predicted, truth)])), 5),
         "per_position_accuracy": per_position,
         "presence_accuracy": round(float(np.mean([Counter(g) == Counter(t) for g, t in zip(predicted, truth)])), 5),
+        "length_accuracy": round(float(np.mean([len(g) == len(t) for g, t in zip(predicted, truth)])), 5),
     }
 
 
