@@ -486,6 +486,11 @@ def results_md(data: dict) -> str:
     for name in CURRENT:
         if name in data["targets"]:
             lines += target_section(name, data["targets"][name], data)
+    if data["panel"]:
+        lines += ["", "## The panel", "", wrap("Each site through `simcaptcha site` with only its sources, labels and "
+                                               "charset (and length where it varies): `python benchmarks/panel.py "
+                                               "--site NAME`; rows in `metrics/panel.json`, each site's figures and "
+                                               "target in `metrics/panel/NAME/`."), "", panel_table(data)]
     experiments = [name for name in ordered(data["targets"]) if name not in CURRENT]
     if experiments:
         lines += ["", "## Kept experiments", "", "Not the current configuration of any target; kept to compare."]
