@@ -49,12 +49,12 @@ def catalog_entry(run: str, name: str, site: str, reader: Path) -> dict:
         evaluate = json.loads((ROOT / "metrics" / "evaluate.json").read_text())["selftrained"]
         record, rebuild = workspace_record(), f"dvc repro && {bundle}"
     elif run.startswith(PANEL):
-        site = run.removeprefix(PANEL)
-        evaluate = json.loads((ROOT / "metrics" / "panel" / site / "evaluate.json").read_text())["selftrained"]
-        row = json.loads((ROOT / "metrics" / "panel.json").read_text())[site]
+        panel_site = run.removeprefix(PANEL)
+        evaluate = json.loads((ROOT / "metrics" / "panel" / panel_site / "evaluate.json").read_text())["selftrained"]
+        row = json.loads((ROOT / "metrics" / "panel.json").read_text())[panel_site]
         cpu, _, cores = row["cpu"].rpartition(", ")  # "AMD EPYC, 2 cores"
         record = {"cpu": cpu, "cores": int(cores.split()[0]), "date": row["date"], "commit": row["commit"]}
-        rebuild = f"python benchmarks/panel.py --site {site} && {bundle}"
+        rebuild = f"python benchmarks/panel.py --site {panel_site} && {bundle}"
     else:
         figures = ROOT / "metrics" / "targets" / run
         evaluate = json.loads((figures / "evaluate.json").read_text())["selftrained"]

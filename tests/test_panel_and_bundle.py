@@ -93,5 +93,5 @@ def test_a_panel_site_is_bundled_from_its_panel_row(tmp_path, monkeypatch, bundl
     entry = bundle.catalog_entry("panel:hackmit2017", "hackmit2017", "HackMIT", reader)
     assert entry["rebuild"] == ('python benchmarks/panel.py --site hackmit2017 && python benchmarks/bundle_reader.py '
                                 'panel:hackmit2017 --as hackmit2017 --site "HackMIT"')
-    assert (entry["captcha_accuracy"], entry["cpu"], entry["cores"], entry["commit"]) == (0.8, "AMD EPYC", 2,
-                                                                                          "def456")
+    assert (entry["site"], entry["captcha_accuracy"], entry["cpu"], entry["cores"], entry["commit"]) == (
+        "HackMIT", 0.8, "AMD EPYC", 2, "def456")
