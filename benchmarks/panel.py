@@ -7,7 +7,7 @@ Usage (from the repository root, ../shared beside it):
     python benchmarks/panel.py --list           # the sites and what each is given
     python benchmarks/panel.py --site NAME --collect   # the row again from the finished clone, on its machine
 Each site runs in .cache/panel/NAME/main (a git clone of HEAD, ../shared linked beside it), so the workspace's
-params, lock and metrics are not touched; its evaluate.json and run record go to metrics/panel/NAME/, and
+params, lock and metrics are not touched; its evaluate.json and target.yaml go to metrics/panel/NAME/, and
 metrics/panel.json gains the site's row: measured and label-free estimated accuracy, real labels used (0), the
 evaluation captchas, wall seconds, CPU model and cores, and ddddocr 1.6.1's figures on the same images (null
 where ddddocr is not installed: pip install -e '.[bench]'). A site the command cannot yet read as asked says why
