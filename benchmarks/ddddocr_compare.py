@@ -10,8 +10,9 @@ its beta model), ours through ``Predictor.preprocess`` and ``Predictor.read`` (t
 file describes). The labelled captchas our reader was trained on (its spec's ``trained_on_real``) are skipped
 for both. Accuracy is ``simcaptcha.metrics.accuracy_figures``: per character, position by position (a missing
 character is wrong), and whole captchas, exact match. When every label is lower-case, ddddocr's output is
-lower-cased before comparing (it reads a mixed-case charset, and may answer "B" for "b"); its other output
-(Chinese characters, say) is compared as it is. Images/s: decoding, preprocessing and reading, one warm-up
+lower-cased before comparing (it reads a mixed-case charset, and may answer "B" for "b"); with
+``--case-insensitive`` (a site that draws either case and labels in one) labels and both readers' output are;
+other output (Chinese characters, say) is compared as it is. Images/s: decoding, preprocessing and reading, one warm-up
 image first, not timed. Prints a table and writes the figures to --out.
 """
 
@@ -49,9 +50,10 @@ def untrained_rows(names: Sequence[str], trained_on: Sequence[str]) -> list[int]
     return [row for row, name in enumerate(names) if name not in trained]
 
 
-def fold_case(predicted: list[str], truth: list[str]) -> tuple[list[str], bool]:
-    """Predictions lower-cased when every label is lower-case (and whether they were); else as they are."""
-    if all(label == label.lower() for label in truth):
+def fold_case(predicted: list[str], truth: list[str], case_insensitive: bool) -> tuple[list[str], bool]:
+    """Predictions lower-cased when every label is lower-case or the site is read case-insensitively (and whether
+    they were); else as they are."""
+    if case_insensitive or all(label == label.lower() for label in truth):
         return [text.lower() for text in predicted], True
     return predicted, False
 
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help=f"default: PROJECT/{MODEL}")
     parser.add_argument("--out", type=Path, help=f"default: PROJECT/{OUT}")
     parser.add_argument("--beta", action="store_true", help="ddddocr's beta model instead of its default one")
+    parser.add_argument("--case-insensitive", action="store_true",
+                        help="compare in lower case: a site that draws either case and labels in one (site's flag)")
     args = parser.parse_args()
     model, out = args.model or args.project / MODEL, args.out or args.project / OUT
     ocr = load_ddddocr(args.beta)
@@ -108,6 +112,8 @@ def main() -> None:
     if not rows:
         raise SimcaptchaError(f"{model}: it was trained on all {len(names)} labelled captchas; none is left to read")
     blobs, names, truth = [blobs[r] for r in rows], [names[r] for r in rows], [labels[r] for r in rows]
+    if args.case_insensitive:
+        truth = [label.lower() for label in truth]
     skipped = len(labels) - len(truth)
     print(f"{len(truth)} labelled captchas from {args.project / LABELLED}"
           + (f" ({skipped} skipped: {model.name} was trained on them)" if skipped else "")
@@ -115,7 +121,8 @@ def main() -> None:
 
     ours, seconds = timed(read_ours(predictor, names), blobs)
     theirs, their_seconds = timed(read_ddddocr(ocr), blobs)
-    theirs, folded = fold_case(theirs, truth)
+    theirs, folded = fold_case(theirs, truth, args.case_insensitive)
+    ours, _ = fold_case(ours, truth, args.case_insensitive)
     results = {
         model.stem: {**reader_figures(ours, truth, seconds), "model": str(model),
                      "real_labels_used": len(predictor.spec.trained_on_real)},
@@ -124,7 +131,8 @@ def main() -> None:
     }
     print(table(results))
     if folded:
-        print("(ddddocr's output lower-cased: every label is lower-case)")
+        print("(readings lower-cased: " + ("the site is read case-insensitively)" if args.case_insensitive
+                                              else "every label is lower-case)"))
     write_json(out, {"labelled": str(args.project / LABELLED), "count": len(truth),
                      "skipped_trained_on": skipped, "cores": available_cores(),
                      "load_average": round(os.getloadavg()[0], 2), "readers": results})

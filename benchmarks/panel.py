@@ -10,8 +10,7 @@ Each site runs in .cache/panel/NAME/main (a git clone of HEAD, ../shared linked 
 params, lock and metrics are not touched; its evaluate.json and target.yaml go to metrics/panel/NAME/, and
 metrics/panel.json gains the site's row: measured and label-free estimated accuracy, real labels used (0), the
 evaluation captchas, wall seconds, CPU model and cores, and ddddocr 1.6.1's figures on the same images (null
-where ddddocr is not installed: pip install -e '.[bench]'). A site the command cannot yet read as asked says why
-and is skipped.
+where ddddocr is not installed: pip install -e '.[bench]').
 """
 
 import argparse
@@ -45,11 +44,14 @@ class Site:
     labels: str
     charset: str
     length: str = ""
-    blocked: str = ""  # why the command cannot read this site as asked yet
+    label_regex: str = ""
+    case_insensitive: bool = False  # drawn in either case, labelled (or compared) in one
 
     def arguments(self, name: str) -> list[str]:
         return ["site", name, "--pool", *self.pool, "--labelled", *self.labelled, "--labels", self.labels,
-                "--charset", self.charset, *(["--length", self.length] if self.length else [])]
+                *(["--label-regex", self.label_regex] if self.label_regex else []),
+                "--charset", self.charset, *(["--length", self.length] if self.length else []),
+                *(["--case-insensitive"] if self.case_insensitive else [])]
 
 
 SITES = {
@@ -65,20 +67,21 @@ SITES = {
     "generated-3-6": Site([f"{GENERATED}&count=750&seed={length}&length={length}" for length in range(3, 7)],
                           [f"{GENERATED}&count=125&seed={10 + length}&length={length}" for length in range(3, 7)],
                           "filename", "abcdefghijklmnopqrstuvwxyz0123456789", length="3-6"),
-    "receita": Site([f"{DATA}/receita/receita.zip"], [f"{DATA}/receita/receita.zip"],
-                    "filename", "abcdefghijklmnopqrstuvwxyz123456789",
-                    blocked="draws mixed case and labels lower case: needs site --case-insensitive"),
+    # Receita labels after the name's last '_', mostly in lower case whatever case is drawn.
+    "receita": Site([f"{DATA}/receita/receita.zip"], [f"{DATA}/receita/receita.zip"], "filename",
+                    "abcdefghijklmnopqrstuvwxyz123456789", label_regex=r"_([^_.]+)\.[^.]+$", case_insensitive=True),
+    # e-SAJ's pool is labelled in lower case, its hand-labelled evaluation set in the case drawn.
     "esaj": Site([f"{DATA}/esaj/esaj_auto.zip"], [f"{DATA}/esaj/esaj_manual.zip"], "filename",
-                 "abcdefghijklmnopqrstuvwxyz",
-                 blocked="evaluated case-insensitively on hand labels with case: needs site --case-insensitive"),
+                 "abcdefghijklmnopqrstuvwxyz", case_insensitive=True),
 }
 
 
 def ddddocr_figures(work: Path, name: str) -> dict:
     """ddddocr on the site's labelled images (benchmarks/ddddocr_compare.py), or nulls with the reason."""
     out = work / "metrics" / "ddddocr.json"
+    fold = ["--case-insensitive"] if SITES[name].case_insensitive else []
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddddocr_compare.py"), "--project", ".",
-                             "--model", f"sites/{name}/reader.safetensors", "--out", str(out)],
+                             "--model", f"sites/{name}/reader.safetensors", "--out", str(out), *fold],
                             cwd=work, env=clone_env(work), capture_output=True, text=True)
     if result.returncode != 0:
         return {"ddddocr_char_accuracy": None, "ddddocr_captcha_accuracy": None,
@@ -139,19 +142,13 @@ def main() -> None:
     names = args.site or list(SITES)
     if args.list:
         for name in names:
-            status = f"  (skipped: {SITES[name].blocked})" if SITES[name].blocked else ""
-            print("simcaptcha " + " ".join(SITES[name].arguments(name)) + status)
+            print("simcaptcha " + " ".join(SITES[name].arguments(name)))
         return
     path = ROOT / "metrics" / "panel.json"
     panel = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
-        site = SITES[name]
-        if site.blocked:
-            print(f"{name}: skipped, {site.blocked}")
-            panel[name] = {"skipped": site.blocked}
-        else:
-            panel[name] = site_row(name) if args.collect else run_site(name, site)
-            print(f"{name}: {json.dumps(panel[name])}")
+        panel[name] = site_row(name) if args.collect else run_site(name, SITES[name])
+        print(f"{name}: {json.dumps(panel[name])}")
         write_json(path, dict(sorted(panel.items())))
 
 

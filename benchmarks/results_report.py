@@ -249,9 +249,6 @@ def panel_table(data: dict) -> str:
 
     rows = []
     for name, row in data["panel"].items():
-        if "skipped" in row:
-            rows.append([f"`{name}`", f"not run: {row['skipped']}"] + [""] * 7)
-            continue
         estimate = "collapsed" if row["collapsed"] else (
             f"{figure(row, 'estimated_char_accuracy')} / {figure(row, 'estimated_captcha_accuracy')}")
         rows.append([f"`{name}`", f"{percent(row['char_accuracy'])} / {percent(row['captcha_accuracy'])}",

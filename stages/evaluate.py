@@ -20,7 +20,7 @@ from simcaptcha.errors import run_main
 from simcaptcha.imaging import contact_sheet, save_png
 from simcaptcha.metrics import accuracy_figures, confusion_pairs
 from simcaptcha.modelfile import load_reader
-from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, stage_metrics
+from simcaptcha.pipeline import BINARIZED, IMAGES, METRICS, MODELS, labelled_set, stage_metrics
 from simcaptcha.pool import pool_rows
 from simcaptcha.reading import pick_device, read_images, read_letters, read_logits
 from simcaptcha.store import read_image_set, write_csv
@@ -65,7 +65,7 @@ def trust_figures(params, labelled, predicted: list[str], truth: list[str], conf
 def main() -> None:
     params = load_config()
     config = params.evaluate
-    labelled = read_image_set(BINARIZED / "labelled")
+    labelled = labelled_set(params.render)
     with stage_metrics("evaluate") as figures:
         for name in READERS:
             texts, confidences, trained_on = read_with(name, labelled.images, params.render.length[1],

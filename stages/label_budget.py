@@ -22,7 +22,7 @@ from simcaptcha.imaging import load_preprocessing
 from simcaptcha.mask import site_mask
 from simcaptcha.metrics import accuracy_figures
 from simcaptcha.modelfile import ReaderSpec, load_reader
-from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, LABEL_BUDGET, MODELS, PREPROCESSING, READER_DATA
+from simcaptcha.pipeline import CHECKPOINTS, LABEL_BUDGET, MODELS, PREPROCESSING, READER_DATA, labelled_set
 from simcaptcha.reader_training import check_labels, train_reader
 from simcaptcha.reading import pick_device, read_images
 from simcaptcha.store import read_image_set, write_json
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     mode, size, seed = arguments(argv)
     if mode not in MODES:
         raise SimcaptchaError(f"unknown label-budget mode {mode!r}: expected one of {', '.join(MODES)}")
-    labelled = read_image_set(BINARIZED / "labelled")
+    labelled = labelled_set(params.render)
     check_labels(labelled, params)
     test, candidates = held_out_split(len(labelled), config)
     rows = budget_rows(candidates, size, seed, config)

@@ -20,7 +20,7 @@ from simcaptcha.imaging import load_preprocessing
 from simcaptcha.machine import is_main_process
 from simcaptcha.mask import site_mask
 from simcaptcha.modelfile import ReaderSpec, load_reader, save_reader
-from simcaptcha.pipeline import BINARIZED, CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, stage_metrics
+from simcaptcha.pipeline import CHECKPOINTS, METRICS, MODELS, PREPROCESSING, READER_DATA, labelled_set, stage_metrics
 from simcaptcha.reader_training import check_labels, real_labelled, train_reader
 from simcaptcha.reading import pick_device, resolve_precision
 from simcaptcha.store import read_image_set, write_csv
@@ -44,7 +44,7 @@ def main(name: str) -> None:
     glyphs = name == "glyphs"
     length = 1 if glyphs else render.length[1]
     head = "positions" if glyphs else config.head
-    labelled = read_image_set(BINARIZED / "labelled")
+    labelled = labelled_set(params.render)
     check_labels(labelled, params)
     with stage_metrics(f"train-classifier-{name}") as figures:
         data = read_image_set(READER_DATA[name])

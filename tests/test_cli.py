@@ -152,6 +152,14 @@ def test_strings_are_quoted_for_the_override_grammar():
     assert _hydra_value(["a b", 1, 2.5, True, None]) == "['a b',1,2.5,true,null]"
 
 
+@pytest.mark.parametrize("text", [r"_([^_.]+)\.[^.]+$", "ends in \\", "it's", "x\\'y", "\\\\", r"\d+"])
+def test_a_string_with_backslashes_reaches_params_as_written(text):
+    """dvc exp run -S parses with Hydra, whose quoted strings unescape only around quotes (a label regex)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert OverridesParser.create().parse_override(f"++a.b={_hydra_value(text)}").value() == text
+
+
 # ---------------------------------------------------------------- predict -o
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):

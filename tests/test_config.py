@@ -229,3 +229,12 @@ def test_per_position_heads_with_a_variable_length_are_refused_before_any_stage(
         load_config(path)
     path.write_text(yaml.safe_dump({"render": {"length": [3, 6]}, "classifier": {"head": "ctc"}}))
     assert load_config(path).render.length == [3, 6]
+
+
+def test_a_case_insensitive_charset_draws_both_cases_and_reads_labels_in_its_own():
+    render = RenderConfig(charset="ab1", case_insensitive=True)
+    assert render.drawn_charset() == "ab1AB" and render.label_of("aB1") == "ab1"
+    assert RenderConfig(charset="ab1").label_of("aB1") == "aB1"  # case-sensitive: a label as written
+    assert RenderConfig(charset="AB", case_insensitive=True).label_of("ab") == "AB"
+    with pytest.raises(SimcaptchaError, match=r"render.case_insensitive: render.charset holds both cases of 'b'"):
+        RenderConfig(charset="abB", case_insensitive=True)

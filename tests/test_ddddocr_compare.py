@@ -50,10 +50,11 @@ def test_untrained_rows_keep_order_and_skip_the_trained_on():
     assert bench.untrained_rows(["a"], ["a"]) == []
 
 
-def test_fold_case_only_when_every_label_is_lower_case():
-    assert bench.fold_case(["AbC1", "x"], ["abc1", "x2"]) == (["abc1", "x"], True)
-    assert bench.fold_case(["AbC1"], ["1234"]) == (["abc1"], True)  # digits have no case
-    assert bench.fold_case(["AbC1", "x"], ["AbC1", "x2"]) == (["AbC1", "x"], False)
+def test_fold_case_only_when_every_label_is_lower_case_or_the_site_ignores_case():
+    assert bench.fold_case(["AbC1", "x"], ["abc1", "x2"], False) == (["abc1", "x"], True)
+    assert bench.fold_case(["AbC1"], ["1234"], False) == (["abc1"], True)  # digits have no case
+    assert bench.fold_case(["AbC1", "x"], ["AbC1", "x2"], False) == (["AbC1", "x"], False)
+    assert bench.fold_case(["AbC1", "x"], ["AbC1", "x2"], True) == (["abc1", "x"], True)
 
 
 def test_reader_figures_are_position_by_position():

@@ -23,20 +23,21 @@ def test_every_panel_site_is_given_only_sources_labels_and_charset(panel):
     for name, site in panel.SITES.items():
         arguments = site.arguments(name)
         options = {word for word in arguments if word.startswith("--")}
-        assert options <= {"--pool", "--labelled", "--labels", "--charset", "--length"}, name
+        assert options <= {"--pool", "--labelled", "--labels", "--label-regex", "--charset", "--length",
+                           "--case-insensitive"}, name
         assert ("--length" in options) == (site.length != ""), name
         for source in site.pool + site.labelled:
             if source.startswith(panel.DATA):  # as a scratch clone sees ../shared: beside this repository
                 assert (REPO.parent / "shared" / source.removeprefix("../shared/")).exists(), source
 
 
-def test_list_prints_each_site_command_and_why_a_site_is_skipped():
+def test_list_prints_each_site_command():
     out = subprocess.run([sys.executable, "benchmarks/panel.py", "--list"], cwd=REPO, env=TOOLS_ENV,
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert [line.split()[2] for line in out] == ["hackmit2017", "kaggle-v2", "seu-letters", "seu-digits",
                                                 "mnist-digits", "generated-3-6", "receita", "esaj"]
     assert all(line.startswith("simcaptcha site ") for line in out)
-    assert [line.split()[2] for line in out if "(skipped: " in line] == ["receita", "esaj"]
+    assert [line.split()[2] for line in out if line.endswith(" --case-insensitive")] == ["receita", "esaj"]
     generated = next(line for line in out if line.split()[2] == "generated-3-6").split()
     assert generated[-2:] == ["--length", "3-6"]  # one pool source per length, 3 to 6
     assert [source.rsplit("length=", 1)[1] for source in generated if "count=750" in source] == ["3", "4", "5", "6"]

@@ -237,6 +237,24 @@ def test_mask_off_is_not_forced():
     assert not lit.all(axis=1).any()  # no captcha has the whole mask lit
 
 
+def test_case_insensitive_draws_each_letter_in_either_case_and_labels_it_in_the_charsets():
+    def ink_heights(renderer: Renderer) -> tuple[set[int], set[str]]:
+        rng, heights, labels = np.random.default_rng(0), set(), set()
+        for _ in range(40):
+            image, label = renderer.glyph(rng)
+            rows = np.flatnonzero(image.any(axis=1))
+            heights.add(int(rows[-1] - rows[0]))
+            labels.add(label)
+        return heights, labels
+
+    fixed = dict(charset="a", length=[1, 1], font_size=[30, 30], stroke_width=[0, 0], rotation=[0.0, 0.0],
+                 y_offset=[0, 0])
+    heights, labels = ink_heights(make_renderer(**fixed))
+    assert len(heights) == 1 and labels == {"a"}
+    heights, labels = ink_heights(make_renderer(**fixed, case_insensitive=True))
+    assert max(heights) - min(heights) >= 5 and labels == {"a"}  # x-height a and cap-height A, both labelled a
+
+
 # ---------------------------------------------------------------- glyphs
 def test_glyph_shape_and_single_char_labels():
     mask = line_mask(50, 100, row=5)

@@ -133,7 +133,7 @@ def test_label_budget_and_ablation_blocks(tree):
         "<!-- results:ablation:kaggle:end -->\n")
 
 
-def test_the_panel_block_has_a_row_per_site_run_or_skipped(tree):
+def test_the_panel_block_has_a_row_per_site_run(tree):
     row = {"char_accuracy": 0.98731, "captcha_accuracy": 0.94904, "length_accuracy": None,
            "estimated_char_accuracy": 0.99655,
            "estimated_captcha_accuracy": 0.96769, "collapsed": False, "real_labels_used": 0, "count": 1040,
@@ -141,16 +141,15 @@ def test_the_panel_block_has_a_row_per_site_run_or_skipped(tree):
            "ddddocr_char_accuracy": None, "ddddocr_captcha_accuracy": None}
     write(tree / "metrics" / "panel.json", {"kaggle-v2": row, "odd": {**row, "collapsed": True, "count": 500,
                                                                       "length_accuracy": 0.998,
-                                                                      "pool_is_evaluation_set": False},
-                                            "receita": {"skipped": "needs a flag"}})
+                                                                      "pool_is_evaluation_set": False}})
     (tree / "docs" / "panel.md").write_text("<!-- results:panel:begin -->\n<!-- results:panel:end -->\n")
     assert run("--root", str(tree)).returncode == 0
-    assert (tree / "docs" / "panel.md").read_text().splitlines()[3:6] == [
+    assert (tree / "docs" / "panel.md").read_text().splitlines()[3:] == [
         "| `kaggle-v2` | 98.7 % / 94.9 % | — | 99.7 % / 96.8 % | — / — | 1,040 (also the pool) | 0 | 19 min 8 s | "
         "Test CPU 9000, 2 cores, 2026-12-07 |",
         "| `odd` | 98.7 % / 94.9 % | 99.8 % | collapsed | — / — | 500 | 0 | 19 min 8 s | Test CPU 9000, 2 cores, "
         "2026-12-07 |",
-        "| `receita` | not run: needs a flag |  |  |  |  |  |  |  |"]
+        "<!-- results:panel:end -->"]
 
 
 def test_results_md_marks_current_targets_and_kept_experiments(tree):

@@ -67,6 +67,26 @@ def test_what_cannot_make_a_target_is_one_error_naming_it(changes, message):
         site_target(request(**changes))
 
 
+@pytest.fixture
+def mixed_case_labels(tmp_path):
+    """Three captchas labelled by file name with the case as drawn (as e-SAJ's hand labels are)."""
+    from PIL import Image
+
+    for name in ("AbCd", "efGh", "ijkl"):
+        Image.new("L", (100, 50), 255).save(tmp_path / f"{name}.png")
+    return {"labelled": [str(tmp_path)], "labels": "filename"}
+
+
+def test_labels_in_mixed_case_need_case_insensitive_which_reads_them_in_the_charsets_case(mixed_case_labels):
+    with pytest.raises(SimcaptchaError, match=r"the labels hold 'ACG', outside --charset .* --case-insensitive"):
+        site_target(request(**mixed_case_labels))
+    target, notes = site_target(request(**mixed_case_labels, case_insensitive=True))
+    assert target["render"]["case_insensitive"] is True and target["render"]["length"] == [4, 4]
+    assert "in either case" in notes["render.charset"]
+    with pytest.raises(SimcaptchaError, match=r"--case-insensitive: --charset holds both cases of 'ab'"):
+        site_target(request(**mixed_case_labels, charset="abcdAB", case_insensitive=True))
+
+
 def test_the_target_file_says_what_was_measured_beside_each_value():
     target, notes = site_target(request())
     text = target_text(request(), target, notes)

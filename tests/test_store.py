@@ -414,3 +414,15 @@ def test_manifest_labels_round_trip_as_text(labels):
         directory = Path(tmp) / "set"
         store.write_image_set(directory, make_images(len(labels)), make_manifest(len(labels), labels), shard_size=4)
         assert store.read_image_set(directory).labels == labels
+
+
+def test_the_labelled_set_reads_a_case_insensitive_sites_labels_in_the_charsets_case(tmp_path, monkeypatch):
+    """What every stage that reads real labels (evaluate, the readers, the label-budget grid) is given."""
+    from simcaptcha.config import RenderConfig
+    from simcaptcha.pipeline import BINARIZED, labelled_set
+
+    monkeypatch.chdir(tmp_path)
+    manifest = pd.DataFrame({"name": ["a.png", "b.png"], "label": ["AbC1", "xyz"], "source": "s"})
+    store.write_image_set(BINARIZED / "labelled", np.zeros((2, 4, 8), dtype=np.uint8), manifest)
+    assert labelled_set(RenderConfig(charset="abcxyz1", case_insensitive=True)).labels == ["abc1", "xyz"]
+    assert labelled_set(RenderConfig(charset="abcxyz1ABC")).labels == ["AbC1", "xyz"]

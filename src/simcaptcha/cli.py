@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -35,7 +36,10 @@ def _hydra_value(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # Hydra's quoted strings: a backslash escapes only a quote, or the backslashes just before a quote or the
+        # closing quote: any other backslash, a regex's \. say, stays as it is
+        escaped = re.sub(r"(\\*)'", lambda match: match[1] * 2 + "\\'", value)
+        return "'" + re.sub(r"(\\+)$", lambda match: match[1] * 2, escaped) + "'"
     if isinstance(value, list):
         return "[" + ",".join(_hydra_value(item) for item in value) + "]"
     raise SimcaptchaError(f"cannot pass {value!r} to dvc exp run -S")
@@ -109,7 +113,7 @@ def command_site(args: argparse.Namespace) -> None:
     from .sites import SiteRequest, collect_results, parse_length, site_target, summary, target_text
 
     request = SiteRequest(args.name, args.pool, args.labelled or [], args.labels or "", args.label_regex,
-                          args.charset, parse_length(args.length) if args.length else None)
+                          args.charset, parse_length(args.length) if args.length else None, args.case_insensitive)
     target, notes = site_target(request)
     text, path = target_text(request, target, notes), Path("targets") / f"{args.name}.yaml"
     # Up to evaluate: the label-budget grid asks what real labels would add, which a site's first run need not
@@ -193,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"the characters drawn (default {RenderConfig.charset})")
     site.add_argument("--length", metavar="N|MIN-MAX",
                       help="characters per captcha (default: the labels' lengths; needed without labels)")
+    site.add_argument("--case-insensitive", action="store_true",
+                      help="the site draws letters in either case but its labels do not tell them apart: give "
+                           "--charset in one case; readings and labels are compared in it")
     site.add_argument("--dry-run", action="store_true",
                       help="measure and print the target and the dvc command; write and run nothing")
     site.set_defaults(handler=command_site)

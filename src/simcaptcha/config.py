@@ -124,6 +124,8 @@ class RenderConfig:
     background_intensity: list[int] = bounded([0, 0], 0, 255)
     salt: float = bounded(0.0, 0.0, 1.0)  # share of pixels flipped at random
     use_mask: bool = True  # composite the site's fixed-noise mask
+    case_insensitive: bool = False  # the site draws each letter in either case but its labels do not tell them
+    #   apart: letters are drawn in a random case and labelled in the charset's, and real labels are read in it
     closest_fonts: int = bounded(8, 0, 1000)  # draw the N fonts of render.fonts closest to the pool, each at its fitted
     #                                     size and outline (the estimate stage); 0: all at font_size/stroke_width
     size_spread: float = bounded(0.1, 0.0, 0.9)  # fitted em size +- this share
@@ -142,6 +144,26 @@ class RenderConfig:
             raise SimcaptchaError(f"params: render.charset holds {''.join(clashes)!r}, which labels cannot carry "
                                   "(file-name labels end at '.' or '_'; no path separator, space or control character)")
         check_font_names(self.fonts)
+        both = sorted({char.lower() for char in self.charset
+                       if char.swapcase() != char and char.swapcase() in self.charset})
+        if self.case_insensitive and both:
+            raise SimcaptchaError(f"params: render.case_insensitive: render.charset holds both cases of "
+                                  f"{''.join(both)!r}; give each letter once, in the case its labels use")
+
+    def drawn_charset(self) -> str:
+        """Every character a captcha may draw: the charset, and with case_insensitive its letters' other case."""
+        if not self.case_insensitive:
+            return self.charset
+        return self.charset + "".join(char.swapcase() for char in self.charset
+                                      if char.swapcase() != char and len(char.swapcase()) == 1)
+
+    def label_of(self, text: str) -> str:
+        """A real label as a reader of this charset gives it: with case_insensitive each letter outside the
+        charset whose other case is in it is read in that case."""
+        if not self.case_insensitive:
+            return text
+        return "".join(char.swapcase() if char not in self.charset and char.swapcase() in self.charset else char
+                       for char in text)
 
 
 # ---------------------------------------------------------------- estimate

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import RenderConfig
 from .machine import is_main_process
-from .store import write_json
+from .store import ImageSet, read_image_set, write_json
 
 DATA = Path("data")
 FETCHED = DATA / "fetched"  # encoded images as fetched: unlabelled/, labelled/
@@ -39,3 +40,11 @@ REFINED = DATA / "refined"  # captchas/: the augmented synthetic set passed thro
 CHECKPOINTS = Path(".cache") / "checkpoints"  # resumable training state of a killed stage
 LABEL_BUDGET = DATA / "label-budget"  # one JSON per point of the label-budget grid
 READER_DATA = {"synthetic": AUGMENTED / "captchas", "refined": REFINED / "captchas", "glyphs": AUGMENTED / "glyphs"}
+
+
+def labelled_set(render: RenderConfig) -> ImageSet:
+    """The real labelled captchas, each label as a reader of render.charset gives it (``RenderConfig.label_of``:
+    a case-insensitive site's labels in the charset's case)."""
+    labelled = read_image_set(BINARIZED / "labelled")
+    labelled.manifest["label"] = [render.label_of(label) for label in labelled.labels]
+    return labelled

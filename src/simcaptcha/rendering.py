@@ -239,7 +239,7 @@ class Renderer:
         config = self.config
         length = _uniform_int(rng, config.length)
         text = "".join(config.charset[i] for i in rng.integers(len(config.charset), size=length))
-        ink = self._draw_text(rng, text, self.width, config.spacing)
+        ink = self._draw_text(rng, self._drawn_case(rng, text), self.width, config.spacing)
         return self._finish(rng, ink, self.mask), text
 
     def glyph(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -248,10 +248,19 @@ class Renderer:
         slots = config.length[1]
         slot_width = self.width // slots
         char = config.charset[int(rng.integers(len(config.charset)))]
-        ink = self._draw_text(rng, char, slot_width, [0, 0])
+        ink = self._draw_text(rng, self._drawn_case(rng, char), slot_width, [0, 0])
         slot = int(rng.integers(slots))
         mask = self.mask[:, slot * slot_width:(slot + 1) * slot_width]
         return self._finish(rng, ink, mask), char
+
+    def _drawn_case(self, rng: np.random.Generator, text: str) -> str:
+        """The text as drawn: with render.case_insensitive each letter in either case, even odds (no draw
+        otherwise, which leaves the random stream as it was)."""
+        if not self.config.case_insensitive:
+            return text
+        flips = rng.random(len(text)) < 0.5
+        return "".join(char.swapcase() if flip and len(char.swapcase()) == 1 else char
+                       for char, flip in zip(text, flips))
 
     def render_chunk(self, job: tuple[str, int, int]) -> tuple[np.ndarray, list[str]]:
         """Render ``count`` items of ``kind`` with the chunk's own seed (seed, kind, chunk index)."""
@@ -279,7 +288,7 @@ def render_set(renderer: Renderer, kind: str, count: int, workers: int) -> tuple
 
 def candidate_fonts(config: RenderConfig) -> list[Path]:
     """render.fonts that draw every character of render.charset; each skipped font gets a warning on stderr."""
-    usable, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.charset)
+    usable, lacking = fonts_with_glyphs(resolve_fonts(config.fonts), config.drawn_charset())
     for path in lacking:
         print(f"warning: skipping font {path}: it lacks characters of render.charset", file=sys.stderr)
     return usable

@@ -5,6 +5,7 @@ and the final reader and its figures are left under sites/NAME/.
 Measured here, before the pipeline: the working size (the pool's native size, scaled down to at most
 ``MAX_WORKING`` for time and memory), the captcha length (from the labels when there are some) and the reader's
 head (CTC where the length varies); a charset that no vendored font draws is refused, naming the characters.
+With --case-insensitive the letters are drawn in either case and every label is read in the charset's case.
 The pipeline's own stages measure the rest from the pool (polarity, background, mask, text height, stroke, fonts,
 placement) and evaluate estimates the accuracy without a label.
 """
@@ -44,6 +45,7 @@ class SiteRequest:
     label_regex: str | None = None
     charset: str = RenderConfig.charset
     length: tuple[int, int] | None = None
+    case_insensitive: bool = False  # letters drawn in either case, labelled in the charset's
 
 
 def parse_length(text: str) -> tuple[int, int]:
@@ -99,11 +101,12 @@ def native_sizes(sources: list[str]) -> tuple[list[int], list[int]]:
     return heights, widths
 
 
-def labels_of(source: dict) -> list[str]:
-    """The labels the labelled sources give (their format, never how a reader scores on them)."""
+def labels_of(source: dict, render: RenderConfig) -> list[str]:
+    """The labels the labelled sources give, as a reader of the charset gives them (their format, never how a
+    reader scores on them)."""
     config = parse_section(SourceConfig, source, "fetch.labelled")
     _, manifest = fetch_set(config, FetchConfig(), "labelled", FETCH_CACHE)
-    return list(manifest["label"])
+    return [render.label_of(label) for label in manifest["label"]]
 
 
 def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
@@ -111,34 +114,42 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     if not NAME.fullmatch(request.name):
         raise SimcaptchaError(f"site name {request.name!r}: letters, digits, '-' and '_', at most 64")
     try:
-        render = parse_section(RenderConfig, {"charset": request.charset}, "render")
-        fonts, _ = fonts_with_glyphs(resolve_fonts(render.fonts), render.charset)
+        render = parse_section(RenderConfig, {"charset": request.charset,
+                                              "case_insensitive": request.case_insensitive}, "render")
+        fonts, _ = fonts_with_glyphs(resolve_fonts(render.fonts), render.drawn_charset())
     except SimcaptchaError as error:
-        raise SimcaptchaError(str(error).replace("params: render.charset", "--charset")) from None
-    notes: dict[str, str] = {"render.charset": f"{len(fonts)} of the vendored fonts draw every character"}
+        message = str(error).replace("params: render.case_insensitive: ", "--case-insensitive: ")
+        raise SimcaptchaError(message.replace("params: render.charset", "--charset")
+                              .replace("render.charset", "--charset")) from None
+    notes: dict[str, str] = {"render.charset": f"{len(fonts)} of the vendored fonts draw every character"
+                             + (" in either case" if render.case_insensitive else "")}
     labelled = labelled_source(request)
     size, notes["binarize.size"] = working_size(*native_sizes(request.pool))
     length = request.length
     if length:
         notes["render.length"] = "as given"
     elif labelled:
-        lengths = [len(label) for label in labels_of(labelled)]
+        lengths = [len(label) for label in labels_of(labelled, render)]
         length = (min(lengths), max(lengths))
         notes["render.length"] = f"the {len(lengths)} labels hold {length[0]} to {length[1]} characters"
     else:
         raise SimcaptchaError("--length is needed where no labelled captchas are given (e.g. --length 5 or 3-6)")
     if labelled:  # a label the reader cannot give would only fail the pipeline's first training stage
-        outside = sorted(set("".join(labels_of(labelled))) - set(request.charset))
+        outside = sorted(set("".join(labels_of(labelled, render))) - set(request.charset))
         if outside:
-            raise SimcaptchaError(f"the labels hold {''.join(outside)!r}, outside --charset {request.charset!r}")
+            hint = "" if render.case_insensitive or not any(char.swapcase() in request.charset for char in outside) \
+                else " (a site whose labels mix cases: --case-insensitive)"
+            raise SimcaptchaError(f"the labels hold {''.join(outside)!r}, outside --charset {request.charset!r}{hint}")
     head = "ctc" if length[0] != length[1] else "positions"
     notes["classifier.head"] = "the length varies: CTC reads any length" if head == "ctc" else \
         "every captcha has the same length: one head per position"
     target = {"fetch": {"unlabelled": {"sources": request.pool}, "labelled": labelled},
               "binarize": {"size": size},
-              "render": {"charset": request.charset, "length": list(length)},
+              "render": {"charset": request.charset, "length": list(length),
+                         **({"case_insensitive": True} if render.case_insensitive else {})},
               "classifier": {"head": head},
               "selftrain": {"exclude_labelled": not set(request.pool) & set(request.labelled)}}
+    notes["render.case_insensitive"] = "as given: letters drawn in either case, read in the charset's"
     notes["selftrain.exclude_labelled"] = "the labelled captchas come from other sources than the pool" \
         if target["selftrain"]["exclude_labelled"] else "the pool holds the labelled captchas: read them unlabelled"
     if not labelled:
