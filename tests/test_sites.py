@@ -2,13 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
 
 from simcaptcha.errors import SimcaptchaError
-from simcaptcha.sites import SiteRequest, parse_length, site_target, summary, target_text, working_size
+from simcaptcha.sites import (SiteRequest, parse_length, random_lines, site_target, summary, target_text,
+                              working_size)
 
 LABELS_CSV = SAMPLES / "dev_labels.csv"
 
@@ -128,3 +130,37 @@ def test_site_runs_the_pipeline_and_leaves_its_reader_and_figures(tiny_project):
     assert read.startswith("name,prediction,confidence\n") and read.count("\n") == 1001
     assert "demo" in run_tool(["dvc", "exp", "show", "--csv"], tiny_project)
     assert "label-budget" not in out  # up to evaluate: the grid is not part of a site's run
+
+
+def blocks_and_line(count: int = 20, line: str = "", seed: int = 0) -> np.ndarray:
+    """Captchas of five solid 16x8 'characters' in a row, each image shifted a little, optionally crossed by a
+    1-px line, straight or bent, that joins them."""
+    rng, images = np.random.default_rng(seed), []
+    for _ in range(count):
+        image = np.zeros((50, 120), np.uint8)
+        top, left = rng.integers(12, 20), rng.integers(5, 15)
+        for index in range(5):
+            image[top:top + 16, left + index * 20:left + index * 20 + 8] = 255
+        columns = np.arange(2, 118)
+        if line == "straight":
+            image[top + 8, columns] = 255
+        elif line == "bent":
+            image[(top + 8 + 8 * np.sin(columns / 12)).astype(int), columns] = 255
+        images.append(image)
+    return np.stack(images)
+
+
+def test_thin_strokes_that_join_the_text_become_random_lines_and_bends_are_told_apart():
+    mask = np.zeros((50, 120), bool)
+    assert random_lines(blocks_and_line(), mask)[0::2] == ({}, 5)
+    params, note, components = random_lines(blocks_and_line(line="straight"), mask)
+    assert components == 5 and params["estimate"] == {"opening": 1}
+    assert params["render"] == {"lines": [1, 1], "line_width": [1, 1], "line_bends": [0, 0]}
+    assert note.startswith("thin strokes join the text: a 3x3 opening splits 1 components per captcha into 5")
+    assert random_lines(blocks_and_line(line="bent"), mask)[0]["render"]["line_bends"] == [1, 2]
+
+
+def test_a_site_whose_characters_touch_is_read_with_ctc():
+    target, notes = site_target(request(pool=[str(KAGGLE_ZIP)], labelled=[str(KAGGLE_ZIP)], labels="filename",
+                                        charset="2345678bcdefgmnpwxy", length=(6, 6)))
+    assert target["classifier"]["head"] == "ctc" and "the characters touch" in notes["classifier.head"]

@@ -65,6 +65,16 @@ def _shape_vector(component: np.ndarray) -> np.ndarray:
     return np.asarray(small, np.float32).ravel() / 255
 
 
+def thin_strokes(ink: np.ndarray, opening: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ink`` split into what an opening by a (2·opening+1)² square keeps and the thin ink it removed away from
+    that: a site's random lines (their parts across glyphs go with the glyphs). ``opening`` 0 keeps all ink."""
+    if not opening:
+        return ink, np.zeros_like(ink)
+    square = np.ones((2 * opening + 1, 2 * opening + 1), bool)
+    thick = ndimage.binary_opening(ink, square)
+    return thick, ink & ~ndimage.binary_dilation(thick, square)
+
+
 def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening: int = 0) -> TextComponents:
     """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255.
 
@@ -72,13 +82,11 @@ def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening
     would join every character into one component); what it removed away from the text is measured as lines.
     """
     outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
-    square = np.ones((2 * opening + 1, 2 * opening + 1), bool)
     shapes, heights, strokes, per_image, spans, rows, line_spans = [], [], [], [], [], [], []
     for image in images:
-        ink = (image > 127) & outside
-        thick = ndimage.binary_opening(ink, square) if opening else ink
-        if opening:  # thin ink not touching what the opening kept: a line (its parts across glyphs are lost)
-            line_columns = np.flatnonzero((ink & ~ndimage.binary_dilation(thick, square)).any(axis=0))
+        thick, thin = thin_strokes((image > 127) & outside, opening)
+        if opening:
+            line_columns = np.flatnonzero(thin.any(axis=0))
             if len(line_columns):
                 line_spans.append((int(line_columns[0]), int(line_columns[-1])))
         labels = label(thick)

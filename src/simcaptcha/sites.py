@@ -2,9 +2,11 @@
 written to targets/NAME.yaml, each value beside what was measured; the pipeline runs on it as a DVC experiment,
 and the final reader and its figures are left under sites/NAME/.
 
-Measured here, before the pipeline: the working size (the pool's native size, scaled down to at most
-``MAX_WORKING`` for time and memory), the captcha length (from the labels when there are some) and the reader's
-head (CTC where the length varies); a charset that no vendored font draws is refused, naming the characters.
+Measured here, before the pipeline, on a binarized sample of the pool: the working size (the pool's native size,
+scaled down to at most ``MAX_WORKING`` for time and memory), random thin lines that join the characters (then
+drawn across the synthetic text and removed before the estimate stage measures it), the captcha length (from the
+labels when there are some) and the reader's head (CTC where the length varies or the characters touch); a
+charset that no vendored font draws is refused, naming the characters.
 With --case-insensitive the letters are drawn in either case and every label is read in the charset's case.
 The pipeline's own stages measure the rest from the pool (polarity, background, mask, text height, stroke, fonts,
 placement) and evaluate estimates the accuracy without a label.
@@ -20,17 +22,26 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, FetchConfig, RenderConfig, SourceConfig, parse_section
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import skeletonize
+
+from .config import (BinarizeConfig, Config, EstimateConfig, FetchConfig, MaskConfig, RenderConfig, SourceConfig,
+                     parse_section)
 from .errors import SimcaptchaError
+from .estimate import text_components, thin_strokes
 from .fetch import fetch_set, source_images
 from .fonts import resolve_fonts
-from .imaging import decode_image
+from .imaging import binarize_images, decode_image, detect_polarity, estimate_background, fit_to_size
+from .mask import estimate_mask
 from .pipeline import FETCH_CACHE, METRICS, MODELS
 from .rendering import fonts_with_glyphs
 from .store import read_json
 
 MAX_WORKING = (64, 256)  # height, width: larger captchas are read scaled down, aspect kept
-SIZE_SAMPLE = 200  # pool images whose native size is measured
+SIZE_SAMPLE = 200  # pool images whose native size and look are measured
+LINE_OPENING = 1  # estimate.opening where random lines join the text: it removes strokes under 3 px wide
+BENT = 1.5  # pixels: thin ink that strays further (median) from a straight fit through it is a bent line
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -86,19 +97,61 @@ def working_size(heights: list[int], widths: list[int]) -> tuple[list[int], str]
         f", read at {scale:.2f} of it" if scale < 1 else ", read as it is")
 
 
-def native_sizes(sources: list[str]) -> tuple[list[int], list[int]]:
-    """Heights and widths of up to ``SIZE_SAMPLE`` pool images, read from the first sources."""
-    heights, widths = [], []
+def pool_sample(sources: list[str]) -> list[np.ndarray]:
+    """Up to ``SIZE_SAMPLE`` pool images, decoded (RGB), read from the first sources."""
+    images = []
     for spec in sources:
         for image in source_images(spec, FetchConfig(), FETCH_CACHE):
-            decoded = decode_image(image.data, image.where)
-            heights.append(decoded.shape[0])
-            widths.append(decoded.shape[1])
-            if len(heights) >= SIZE_SAMPLE:
-                return heights, widths
-    if not heights:
+            images.append(decode_image(image.data, image.where))
+            if len(images) >= SIZE_SAMPLE:
+                return images
+    if not images:
         raise SimcaptchaError(f"--pool {' '.join(sources)}: no images")
-    return heights, widths
+    return images
+
+
+def binarized_sample(images: list[np.ndarray], size: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The sample as the binarize and mask stages will see it with their defaults, and its fixed-noise mask."""
+    config = BinarizeConfig(size=size)
+    colour = np.stack([fit_to_size(image, *size) for image in images])
+    binary = binarize_images(colour, estimate_background(colour, config.background), config,
+                             detect_polarity(colour, config))
+    return binary, estimate_mask(binary, MaskConfig())
+
+
+def random_lines(binary: np.ndarray, mask: np.ndarray) -> tuple[dict, str, int]:
+    """Params for random thin lines across the text, what was measured, and text components per captcha.
+
+    Thin strokes that join a site's characters (Kaggle's one bent line, the captcha package's noise curve) show
+    as fewer components than an opening by a 3×3 square leaves: then every synthetic captcha gets one line as
+    wide as the strokes the opening removed (their 10th to 90th percentile), bending where that thin ink strays
+    from a straight fit through it, and the estimate stage removes them before it measures the text. Returns no params
+    where the opening splits nothing (thin strokes there are the text's own, or fixed noise the mask holds).
+    """
+    min_area = EstimateConfig().min_area
+    plain = float(np.median(text_components(binary, mask, min_area).per_image))
+    opened = float(np.median(text_components(binary, mask, min_area, LINE_OPENING).per_image))
+    if opened <= plain:
+        return {}, f"a 3x3 opening splits no text ({plain:g} components per captcha either way): no random lines", \
+            round(plain)
+    widths, strays = [], []
+    for image in binary:
+        thin = thin_strokes(image > 127, LINE_OPENING)[1]
+        skeleton = skeletonize(thin)
+        if skeleton.sum() < 10:
+            continue
+        # across a stroke w px wide the middle pixel lies (w + 1) / 2 from the background
+        widths.append(float((2 * ndimage.distance_transform_edt(thin)[skeleton] - 1).mean()))
+        rows, columns = np.nonzero(thin)
+        if np.ptp(columns) >= 10:  # how far the thin ink strays from one straight line through it
+            fit = np.polyval(np.polyfit(columns, rows, 1), columns)
+            strays.append(float(np.median(np.abs(rows - fit))))
+    low, high = (int(np.clip(round(value), 1, 2 * LINE_OPENING + 1)) for value in np.percentile(widths, [10, 90]))
+    bent = bool(strays) and float(np.median(strays)) > BENT
+    params = {"estimate": {"opening": LINE_OPENING},
+              "render": {"lines": [1, 1], "line_width": [low, high], "line_bends": [1, 2] if bent else [0, 0]}}
+    return params, (f"thin strokes join the text: a 3x3 opening splits {plain:g} components per captcha into "
+                    f"{opened:g}; strokes {low}-{high} px wide, {'bent' if bent else 'straight'}"), round(opened)
 
 
 def labels_of(source: dict, render: RenderConfig) -> list[str]:
@@ -124,7 +177,10 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     notes: dict[str, str] = {"render.charset": f"{len(fonts)} of the vendored fonts draw every character"
                              + (" in either case" if render.case_insensitive else "")}
     labelled = labelled_source(request)
-    size, notes["binarize.size"] = working_size(*native_sizes(request.pool))
+    sample = pool_sample(request.pool)
+    size, notes["binarize.size"] = working_size([image.shape[0] for image in sample],
+                                                [image.shape[1] for image in sample])
+    lines, notes["render.lines"], components = random_lines(*binarized_sample(sample, size))
     length = request.length
     if length:
         notes["render.length"] = "as given"
@@ -140,20 +196,25 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
             hint = "" if render.case_insensitive or not any(char.swapcase() in request.charset for char in outside) \
                 else " (a site whose labels mix cases: --case-insensitive)"
             raise SimcaptchaError(f"the labels hold {''.join(outside)!r}, outside --charset {request.charset!r}{hint}")
-    head = "ctc" if length[0] != length[1] else "positions"
-    notes["classifier.head"] = "the length varies: CTC reads any length" if head == "ctc" else \
-        "every captcha has the same length: one head per position"
+    head = "ctc" if length[0] != length[1] or components < length[0] else "positions"
+    notes["classifier.head"] = "the length varies: CTC reads any length" if length[0] != length[1] else \
+        f"the characters touch ({components} text components per captcha): CTC reads them uncut" \
+        if head == "ctc" else "every captcha has the same length: one head per position"
     target = {"fetch": {"unlabelled": {"sources": request.pool}, "labelled": labelled},
               "binarize": {"size": size},
+              "estimate": lines.get("estimate", {}),
               "render": {"charset": request.charset, "length": list(length),
-                         **({"case_insensitive": True} if render.case_insensitive else {})},
+                         **({"case_insensitive": True} if render.case_insensitive else {}), **lines.get("render", {})},
               "classifier": {"head": head},
               "selftrain": {"exclude_labelled": not set(request.pool) & set(request.labelled)}}
-    notes["render.case_insensitive"] = "as given: letters drawn in either case, read in the charset's"
+    if render.case_insensitive:
+        notes["render.case_insensitive"] = "as given: letters drawn in either case, read in the charset's"
     notes["selftrain.exclude_labelled"] = "the labelled captchas come from other sources than the pool" \
         if target["selftrain"]["exclude_labelled"] else "the pool holds the labelled captchas: read them unlabelled"
     if not labelled:
         del target["fetch"]["labelled"]
+    if not target["estimate"]:
+        del target["estimate"]
     parse_section(Config, target, "")  # every value valid before anything is written
     return target, notes
 
@@ -170,6 +231,8 @@ def target_text(request: SiteRequest, target: dict, notes: dict[str, str]) -> st
     """targets/NAME.yaml: the params, each measured one with a comment saying what was measured."""
     lines = [f"# {request.name}: written by simcaptcha site; the values below were measured or given, not tuned.",
              f"# Run again: simcaptcha target targets/{request.name}.yaml --name {request.name}"]
+    written = {f"{section}.{key}" for section, values in target.items() for key in values}
+    lines += [f"# {key} left at its default: {note}" for key, note in notes.items() if key not in written]
     section = ""
     for line in yaml.dump(target, Dumper=_TargetDumper, sort_keys=False, width=10**6,
                           allow_unicode=True).splitlines():
