@@ -21,11 +21,11 @@ import re
 import shutil
 from pathlib import Path
 
-from run_target import commit_of, cpu_model
+from run_target import commit_of
 
 from simcaptcha.bundled import CATALOG, CATALOG_KEYS, READERS, catalog
 from simcaptcha.errors import SimcaptchaError, run_main
-from simcaptcha.machine import available_cores
+from simcaptcha.machine import available_cores, cpu_model
 from simcaptcha.modelfile import load_reader
 from simcaptcha.store import write_json
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from run_target import clone_env, commit_of, cpu_model
+from run_target import clone_env, commit_of
 
-from simcaptcha.machine import available_cores
+from simcaptcha.machine import available_cores, cpu_model
 from simcaptcha.store import write_json
 
 ROOT = Path.cwd()

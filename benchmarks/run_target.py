@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from simcaptcha.machine import available_cores
+from simcaptcha.machine import available_cores, cpu_model
 from simcaptcha.store import write_json
 
 ROOT = Path.cwd()
@@ -40,26 +40,6 @@ def target_arguments(description: str, stages: bool = False) -> tuple[argparse.N
 def clone_env(work: Path) -> dict:
     """The environment for commands in a clone: its own library first, not the editable install's."""
     return dict(os.environ, PYTHONPATH=str(work / "src"))
-
-
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo or lscpu; "not recorded" where neither says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    try:
-        result = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "not recorded"
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name" and value.strip():
-            return value.strip()
-    return "not recorded"
 
 
 def commit_of(clone: Path) -> str:

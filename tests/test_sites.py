@@ -104,7 +104,8 @@ def test_dry_run_prints_the_target_and_the_experiment_and_writes_nothing(capsys,
     code, out, err = run_cli(capsys, "site", "demo", "--pool", SAMPLES / "challenge-17", "--length", "4",
                              "--dry-run")
     assert (code, err) == (0, "") and not (REPO / "targets" / "demo.yaml").exists()
-    assert out.startswith("# targets/demo.yaml, not written (--dry-run)\n")
+    assert out.startswith("machine: ") and "classifier.precision auto: " in out.splitlines()[0]
+    assert out.splitlines()[1] == "# targets/demo.yaml, not written (--dry-run)"
     assert out.splitlines()[-1].startswith("dvc exp run -S ") and out.rstrip().endswith(" evaluate --name demo")
 
 

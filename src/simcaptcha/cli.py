@@ -110,7 +110,7 @@ def command_target(args: argparse.Namespace) -> None:
 
 
 def command_site(args: argparse.Namespace) -> None:
-    from .sites import SiteRequest, collect_results, parse_length, site_target, summary, target_text
+    from .sites import SiteRequest, collect_results, parse_length, site_target, summary, target_text, training_machine
 
     request = SiteRequest(args.name, args.pool, args.labelled or [], args.labels or "", args.label_regex,
                           args.charset, parse_length(args.length) if args.length else None, args.case_insensitive)
@@ -119,6 +119,7 @@ def command_site(args: argparse.Namespace) -> None:
     # Up to evaluate: the label-budget grid asks what real labels would add, which a site's first run need not
     # answer, and costs minutes (dvc exp apply NAME, then dvc repro, runs it).
     command = ["dvc", "exp", "run", *overrides_for(target), "evaluate", "--name", args.name]
+    print(training_machine())
     if args.dry_run:
         print(f"# {path}, not written (--dry-run)\n{text}{' '.join(command)}")
         return

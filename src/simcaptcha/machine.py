@@ -2,7 +2,9 @@
 
 import multiprocessing
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
 
@@ -13,6 +15,26 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo or lscpu; "not recorded" where neither says."""
+    try:
+        for line in Path(CPUINFO).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    try:
+        result = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "not recorded"
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name" and value.strip():
+            return value.strip()
+    return "not recorded"
 
 
 def has_native_bfloat16() -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
@@ -33,8 +34,10 @@ from .estimate import text_components, thin_strokes
 from .fetch import fetch_set, source_images
 from .fonts import resolve_fonts
 from .imaging import binarize_images, decode_image, detect_polarity, estimate_background, fit_to_size
+from .machine import available_cores, cpu_model
 from .mask import estimate_mask
 from .pipeline import FETCH_CACHE, METRICS, MODELS
+from .reading import resolve_precision
 from .rendering import fonts_with_glyphs
 from .store import read_json
 
@@ -217,6 +220,20 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
         del target["estimate"]
     parse_section(Config, target, "")  # every value valid before anything is written
     return target, notes
+
+
+def training_machine() -> str:
+    """Where the readers will train and in which precision ``classifier.precision: auto`` picks there, and why."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision("auto", device)
+    if device.type == "cuda":
+        where, why = torch.cuda.get_device_name(device), ("the GPU computes bfloat16" if precision == "bfloat16"
+                                                          else "the GPU has no bfloat16")
+    else:
+        where = f"{cpu_model()}, {available_cores()} cores, no GPU"
+        why = "the CPU has AMX (amx_bf16)" if precision == "bfloat16" else \
+            "no AMX on this CPU: emulated bfloat16 trains several times slower"
+    return f"machine: {where}; readers train in {precision} (classifier.precision auto: {why})"
 
 
 class _TargetDumper(yaml.SafeDumper):
