@@ -9,8 +9,8 @@ import yaml
 from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
 
 from simcaptcha.errors import SimcaptchaError
-from simcaptcha.sites import (SiteRequest, parse_length, random_lines, site_target, summary, target_text,
-                              working_size)
+from simcaptcha.sites import (SiteRequest, parse_length, random_lines, salt_noise, site_target, summary,
+                              target_text, working_size)
 
 LABELS_CSV = SAMPLES / "dev_labels.csv"
 
@@ -165,3 +165,15 @@ def test_a_site_whose_characters_touch_is_read_with_ctc():
     target, notes = site_target(request(pool=[str(KAGGLE_ZIP)], labelled=[str(KAGGLE_ZIP)], labels="filename",
                                         charset="2345678bcdefgmnpwxy", length=(6, 6)))
     assert target["classifier"]["head"] == "ctc" and "the characters touch" in notes["classifier.head"]
+
+
+def test_specks_outside_the_mask_become_salt_noise():
+    images, mask = blocks_and_line(), np.zeros((50, 120), bool)
+    assert salt_noise(images, mask)[0] == {}
+    speckled = images.copy()
+    speckled[:, 2:48:6, 2:118:6] = 255  # single-pixel dots on a 6-px grid: 160 of the 6,000 pixels, some on text
+    params, note = salt_noise(speckled, mask)
+    assert 0.015 < params["salt"] < 0.027 and note.endswith("are specks of at most 4 px")
+    grid = np.zeros((50, 120), bool)
+    grid[2:48:6, 2:118:6] = True
+    assert salt_noise(speckled, grid)[0] == {}  # dots in the same place in every captcha: fixed noise, masked

@@ -4,9 +4,9 @@ and the final reader and its figures are left under sites/NAME/.
 
 Measured here, before the pipeline, on a binarized sample of the pool: the working size (the pool's native size,
 scaled down to at most ``MAX_WORKING`` for time and memory), random thin lines that join the characters (then
-drawn across the synthetic text and removed before the estimate stage measures it), the captcha length (from the
-labels when there are some) and the reader's head (CTC where the length varies or the characters touch); a
-charset that no vendored font draws is refused, naming the characters.
+drawn across the synthetic text and removed before the estimate stage measures it), salt noise (specks), the
+captcha length (from the labels when there are some) and the reader's head (CTC where the length varies or the
+characters touch); a charset that no vendored font draws is refused, naming the characters.
 With --case-insensitive the letters are drawn in either case and every label is read in the charset's case.
 The pipeline's own stages measure the rest from the pool (polarity, background, mask, text height, stroke, fonts,
 placement) and evaluate estimates the accuracy without a label.
@@ -45,6 +45,8 @@ MAX_WORKING = (64, 256)  # height, width: larger captchas are read scaled down, 
 SIZE_SAMPLE = 200  # pool images whose native size and look are measured
 LINE_OPENING = 1  # estimate.opening where random lines join the text: it removes strokes under 3 px wide
 BENT = 1.5  # pixels: thin ink that strays further (median) from a straight fit through it is a bent line
+SPECK = 4  # pixels: ink components this small are a site's salt noise, not text (a glyph's dot is larger)
+MIN_SALT = 0.001  # share of pixels in specks below which a site draws none worth rendering
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -183,7 +185,9 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     sample = pool_sample(request.pool)
     size, notes["binarize.size"] = working_size([image.shape[0] for image in sample],
                                                 [image.shape[1] for image in sample])
-    lines, notes["render.lines"], components = random_lines(*binarized_sample(sample, size))
+    binary, mask = binarized_sample(sample, size)
+    lines, notes["render.lines"], components = random_lines(binary, mask)
+    salt, notes["render.salt"] = salt_noise(binary, mask)
     length = request.length
     if length:
         notes["render.length"] = "as given"
@@ -207,7 +211,8 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
               "binarize": {"size": size},
               "estimate": lines.get("estimate", {}),
               "render": {"charset": request.charset, "length": list(length),
-                         **({"case_insensitive": True} if render.case_insensitive else {}), **lines.get("render", {})},
+                         **({"case_insensitive": True} if render.case_insensitive else {}), **lines.get("render", {}),
+                         **salt},
               "classifier": {"head": head},
               "selftrain": {"exclude_labelled": not set(request.pool) & set(request.labelled)}}
     if render.case_insensitive:
@@ -220,6 +225,21 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
         del target["estimate"]
     parse_section(Config, target, "")  # every value valid before anything is written
     return target, notes
+
+
+def salt_noise(binary: np.ndarray, mask: np.ndarray) -> tuple[dict, str]:
+    """render.salt from the share of pixels (outside the fixed-noise mask) in specks of at most ``SPECK`` pixels:
+    the renderer flips that share of pixels at random, so the synthetic captchas carry the site's dots."""
+    shares = []
+    for image in binary:
+        components, _ = ndimage.label((image > 127) & ~mask, structure=np.ones((3, 3)))
+        sizes = np.bincount(components.ravel())
+        sizes[0] = SPECK + 1  # the background is no speck
+        shares.append(float((sizes[components] <= SPECK).mean()))
+    share = round(float(np.mean(shares)), 4)
+    if share < MIN_SALT:
+        return {}, f"{share:.2%} of pixels are specks of at most {SPECK} px: no salt noise"
+    return {"salt": share}, f"{share:.2%} of pixels are specks of at most {SPECK} px"
 
 
 def training_machine() -> str:
