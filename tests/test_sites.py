@@ -165,6 +165,9 @@ def test_a_site_whose_characters_touch_is_read_with_ctc():
     target, notes = site_target(request(pool=[str(KAGGLE_ZIP)], labelled=[str(KAGGLE_ZIP)], labels="filename",
                                         charset="2345678bcdefgmnpwxy", length=(6, 6)))
     assert target["classifier"]["head"] == "ctc" and "the characters touch" in notes["classifier.head"]
+    assert target["estimate"] == {"opening": 1} and target["render"]["lines"] == [1, 1]  # Kaggle's bent line
+    assert "  opening: 1  # the text is measured with those lines removed" in target_text(
+        request(), target, notes).splitlines()
 
 
 def test_specks_outside_the_mask_become_salt_noise():

@@ -188,6 +188,8 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     binary, mask = binarized_sample(sample, size)
     lines, notes["render.lines"], components = random_lines(binary, mask)
     salt, notes["render.salt"] = salt_noise(binary, mask)
+    if lines:
+        notes["estimate.opening"] = "the text is measured with those lines removed"
     length = request.length
     if length:
         notes["render.length"] = "as given"
