@@ -151,6 +151,9 @@ def random_lines(binary: np.ndarray, mask: np.ndarray) -> tuple[dict, str, int]:
         if np.ptp(columns) >= 10:  # how far the thin ink strays from one straight line through it
             fit = np.polyval(np.polyfit(columns, rows, 1), columns)
             strays.append(float(np.median(np.abs(rows - fit))))
+    if not widths:  # the opening split specks off the text, not strokes: nothing to draw
+        return {}, f"a 3x3 opening splits the text ({plain:g} into {opened:g} components per captcha) but removes " \
+            "no stroke: no random lines", round(opened)
     low, high = (int(np.clip(round(value), 1, 2 * LINE_OPENING + 1)) for value in np.percentile(widths, [10, 90]))
     bent = bool(strays) and float(np.median(strays)) > BENT
     params = {"estimate": {"opening": LINE_OPENING},
@@ -190,17 +193,18 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     salt, notes["render.salt"] = salt_noise(binary, mask)
     if lines:
         notes["estimate.opening"] = "the text is measured with those lines removed"
+    labels = labels_of(labelled, render) if labelled else []  # fetched once: the length and the charset check
     length = request.length
     if length:
         notes["render.length"] = "as given"
     elif labelled:
-        lengths = [len(label) for label in labels_of(labelled, render)]
+        lengths = [len(label) for label in labels]
         length = (min(lengths), max(lengths))
         notes["render.length"] = f"the {len(lengths)} labels hold {length[0]} to {length[1]} characters"
     else:
         raise SimcaptchaError("--length is needed where no labelled captchas are given (e.g. --length 5 or 3-6)")
     if labelled:  # a label the reader cannot give would only fail the pipeline's first training stage
-        outside = sorted(set("".join(labels_of(labelled, render))) - set(request.charset))
+        outside = sorted(set("".join(labels)) - set(request.charset))
         if outside:
             hint = "" if render.case_insensitive or not any(char.swapcase() in request.charset for char in outside) \
                 else " (a site whose labels mix cases: --case-insensitive)"
