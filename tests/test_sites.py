@@ -9,8 +9,8 @@ import yaml
 from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
 
 from simcaptcha.errors import SimcaptchaError
-from simcaptcha.sites import (SiteRequest, parse_length, random_lines, salt_noise, site_target, summary,
-                              target_text, working_size)
+from simcaptcha.sites import (SiteRequest, baseline_spread, column_runs, parse_length, random_lines, salt_noise,
+                              site_target, summary, target_text, text_ink, working_size)
 
 LABELS_CSV = SAMPLES / "dev_labels.csv"
 
@@ -39,7 +39,10 @@ def test_the_working_size_is_the_native_one_scaled_down_to_fit():
 
 def test_a_labelled_sample_sets_the_length_and_the_pool_its_size():
     target, notes = site_target(request())
+    jitter = target["render"].pop("y_offset")
     assert target["render"] == {"charset": "abcdefghijklmnopqrstuvwxyz0123456789", "length": [4, 4]}
+    assert jitter[0] == -jitter[1] and 4 <= jitter[1] <= 10  # HackMIT's characters wander off one baseline
+    assert "the text's rows in 4 slices of its columns spread" in notes["render.y_offset"]
     assert notes["render.length"] == "the 300 labels hold 4 to 4 characters"
     assert target["binarize"]["size"] == [50, 100] and target["classifier"]["head"] == "positions"
     assert target["fetch"]["labelled"] == {"sources": [str(SAMPLES / "challenge-19")], "labels": "csv",
@@ -94,7 +97,8 @@ def test_the_target_file_says_what_was_measured_beside_each_value():
     text = target_text(request(), target, notes)
     assert yaml.safe_load(text) == target
     assert "  size: [50, 100]  # the pool's median native size is 50x100, read as it is" in text.splitlines()
-    assert "  head: positions  # every captcha has the same length: one head per position" in text.splitlines()
+    assert "  head: positions  # every captcha has the same length and its characters stand apart (4 text " \
+        "components, 4 runs of inked columns per captcha): one head per position" in text.splitlines()
     assert "  charset: abcdefghijklmnopqrstuvwxyz0123456789  # 65 of the vendored fonts draw every character" in \
         text.splitlines()
 
@@ -133,15 +137,16 @@ def test_site_runs_the_pipeline_and_leaves_its_reader_and_figures(tiny_project):
     assert "label-budget" not in out  # up to evaluate: the grid is not part of a site's run
 
 
-def blocks_and_line(count: int = 20, line: str = "", seed: int = 0) -> np.ndarray:
-    """Captchas of five solid 16x8 'characters' in a row, each image shifted a little, optionally crossed by a
-    1-px line, straight or bent, that joins them."""
+def blocks_and_line(count: int = 20, line: str = "", seed: int = 0, jitter: int = 0, pitch: int = 20) -> np.ndarray:
+    """Captchas of five solid 16x8 'characters' in a row ``pitch`` px apart, each image shifted a little and each
+    character up to ``jitter`` px off the row, optionally crossed by a 1-px line, straight or bent, that joins them."""
     rng, images = np.random.default_rng(seed), []
     for _ in range(count):
         image = np.zeros((50, 120), np.uint8)
         top, left = rng.integers(12, 20), rng.integers(5, 15)
         for index in range(5):
-            image[top:top + 16, left + index * 20:left + index * 20 + 8] = 255
+            row = top + rng.integers(-jitter, jitter + 1)
+            image[row:row + 16, left + index * pitch:left + index * pitch + 8] = 255
         columns = np.arange(2, 118)
         if line == "straight":
             image[top + 8, columns] = 255
@@ -180,3 +185,18 @@ def test_specks_outside_the_mask_become_salt_noise():
     grid = np.zeros((50, 120), bool)
     grid[2:48:6, 2:118:6] = True
     assert salt_noise(speckled, grid)[0] == {}  # dots in the same place in every captcha: fixed noise, masked
+
+
+def test_characters_that_share_columns_leave_fewer_column_runs_than_characters():
+    mask = np.zeros((50, 120), bool)
+    assert column_runs(text_ink(blocks_and_line(), mask, 0)) == 5
+    assert column_runs(text_ink(blocks_and_line(pitch=6), mask, 0)) == 1  # overlapping: one run of columns
+    assert column_runs(text_ink(blocks_and_line(line="straight"), mask, 1)) == 5  # the line opened away
+
+
+def test_characters_off_one_baseline_spread_their_rows():
+    mask = np.zeros((50, 120), bool)
+    assert baseline_spread(text_ink(blocks_and_line(), mask, 0), 5) == 0
+    spread = baseline_spread(text_ink(blocks_and_line(jitter=6), mask, 0), 5)
+    assert 2.5 < spread < 4.5  # a uniform ±6 px has sd 3.7 px; rows about the captcha's median
+    assert baseline_spread(np.zeros((3, 50, 120), bool), 5) == 0  # blank captchas: nothing to measure

@@ -5,8 +5,9 @@ and the final reader and its figures are left under sites/NAME/.
 Measured here, before the pipeline, on a binarized sample of the pool: the working size (the pool's native size,
 scaled down to at most ``MAX_WORKING`` for time and memory), random thin lines that join the characters (then
 drawn across the synthetic text and removed before the estimate stage measures it), salt noise (specks), the
-captcha length (from the labels when there are some) and the reader's head (CTC where the length varies or the
-characters touch); a charset that no vendored font draws is refused, naming the characters.
+captcha length (from the labels when there are some), the reader's head (CTC where the length varies or the
+characters touch or share columns) and how far the characters leave one baseline (render.y_offset, matched by
+drawing probes); a charset that no vendored font draws is refused, naming the characters.
 With --case-insensitive the letters are drawn in either case and every label is read in the charset's case.
 The pipeline's own stages measure the rest from the pool (polarity, background, mask, text height, stroke, fonts,
 placement) and evaluate estimates the accuracy without a label.
@@ -14,6 +15,7 @@ placement) and evaluate estimates the accuracy without a label.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import statistics
@@ -30,7 +32,7 @@ from skimage.morphology import skeletonize
 from .config import (BinarizeConfig, Config, EstimateConfig, FetchConfig, MaskConfig, RenderConfig, SourceConfig,
                      parse_section)
 from .errors import SimcaptchaError
-from .estimate import text_components, thin_strokes
+from .estimate import fit_font, text_components, thin_strokes
 from .fetch import fetch_set, source_images
 from .fonts import resolve_fonts
 from .imaging import binarize_images, decode_image, detect_polarity, estimate_background, fit_to_size
@@ -38,7 +40,7 @@ from .machine import available_cores, cpu_model
 from .mask import estimate_mask
 from .pipeline import FETCH_CACHE, METRICS, MODELS
 from .reading import resolve_precision
-from .rendering import fonts_with_glyphs
+from .rendering import FontStyle, Renderer, fonts_with_glyphs
 from .store import read_json
 
 MAX_WORKING = (64, 256)  # height, width: larger captchas are read scaled down, aspect kept
@@ -47,6 +49,8 @@ LINE_OPENING = 1  # estimate.opening where random lines join the text: it remove
 BENT = 1.5  # pixels: thin ink that strays further (median) from a straight fit through it is a bent line
 SPECK = 4  # pixels: ink components this small are a site's salt noise, not text (a glyph's dot is larger)
 MIN_SALT = 0.001  # share of pixels in specks below which a site draws none worth rendering
+PROBE_FONTS = 4  # vendored fonts, spread over their list, fitted to the pool to draw the baseline probes
+BASELINE_PROBES = 100  # captchas rendered per candidate baseline jitter
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -191,8 +195,11 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     binary, mask = binarized_sample(sample, size)
     lines, notes["render.lines"], components = random_lines(binary, mask)
     salt, notes["render.salt"] = salt_noise(binary, mask)
+    opening = lines.get("estimate", {}).get("opening", 0)
     if lines:
         notes["estimate.opening"] = "the text is measured with those lines removed"
+    ink = text_ink(binary, mask, opening)
+    runs = column_runs(ink)
     labels = labels_of(labelled, render) if labelled else []  # fetched once: the length and the charset check
     length = request.length
     if length:
@@ -209,16 +216,20 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
             hint = "" if render.case_insensitive or not any(char.swapcase() in request.charset for char in outside) \
                 else " (a site whose labels mix cases: --case-insensitive)"
             raise SimcaptchaError(f"the labels hold {''.join(outside)!r}, outside --charset {request.charset!r}{hint}")
-    head = "ctc" if length[0] != length[1] or components < length[0] else "positions"
+    head = "ctc" if length[0] != length[1] or min(components, runs) < length[0] else "positions"
     notes["classifier.head"] = "the length varies: CTC reads any length" if length[0] != length[1] else \
-        f"the characters touch ({components} text components per captcha): CTC reads them uncut" \
-        if head == "ctc" else "every captcha has the same length: one head per position"
+        f"the characters touch or share columns ({components} text components, {runs:g} runs of inked columns " \
+        "per captcha): CTC reads them uncut" if head == "ctc" else \
+        f"every captcha has the same length and its characters stand apart ({components} text components, " \
+        f"{runs:g} runs of inked columns per captcha): one head per position"
+    render = dataclasses.replace(render, length=list(length), **lines.get("render", {}))
+    baseline, notes["render.y_offset"] = baseline_jitter(binary, mask, ink, opening, render, fonts)
     target = {"fetch": {"unlabelled": {"sources": request.pool}, "labelled": labelled},
               "binarize": {"size": size},
               "estimate": lines.get("estimate", {}),
               "render": {"charset": request.charset, "length": list(length),
                          **({"case_insensitive": True} if render.case_insensitive else {}), **lines.get("render", {}),
-                         **salt},
+                         **salt, **baseline},
               "classifier": {"head": head},
               "selftrain": {"exclude_labelled": not set(request.pool) & set(request.labelled)}}
     if render.case_insensitive:
@@ -246,6 +257,82 @@ def salt_noise(binary: np.ndarray, mask: np.ndarray) -> tuple[dict, str]:
     if share < MIN_SALT:
         return {}, f"{share:.2%} of pixels are specks of at most {SPECK} px: no salt noise"
     return {"salt": share}, f"{share:.2%} of pixels are specks of at most {SPECK} px"
+
+
+def text_ink(binary: np.ndarray, mask: np.ndarray, opening: int) -> np.ndarray:
+    """N×H×W bool: each captcha's text as the estimate stage measures it: outside the one-pixel-grown mask, thin
+    strokes opened away (``opening``), components of at least estimate.min_area pixels."""
+    outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(binary.shape[1:], bool)
+    min_area = EstimateConfig().min_area
+    inks = []
+    for image in binary:
+        components, _ = ndimage.label(thin_strokes((image > 127) & outside, opening)[0], structure=np.ones((3, 3)))
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0  # the background is no text
+        inks.append((sizes >= min_area)[components])
+    return np.stack(inks)
+
+
+def column_runs(ink: np.ndarray) -> float:
+    """Runs of inked columns per captcha (median): characters that share columns, packed or overlapping, leave
+    fewer runs than there are characters, so no cut between columns separates them."""
+    inked = ink.any(axis=1).astype(np.int8)
+    return float(np.median((np.diff(inked, axis=1, prepend=0) == 1).sum(axis=1)))
+
+
+def baseline_spread(ink: np.ndarray, segments: int) -> float:
+    """How far characters leave a common baseline: the standard deviation, in pixels, of the mean ink row in
+    ``segments`` equal slices of each captcha's text columns about that captcha's median. Slices, not
+    components, so touching characters and broken glyphs count alike."""
+    residuals = []
+    rows = np.arange(ink.shape[1], dtype=np.float64)
+    for image in ink:
+        columns = np.flatnonzero(image.any(axis=0))
+        if len(columns) < segments:
+            continue
+        edges = np.linspace(columns[0], columns[-1] + 1, segments + 1).round().astype(int)
+        weights = [image[:, low:high].sum(axis=1) for low, high in zip(edges[:-1], edges[1:])]
+        centres = np.asarray([rows @ weight / weight.sum() for weight in weights if weight.sum()])
+        if len(centres) >= 2:
+            residuals.extend(centres - np.median(centres))
+    return float(np.std(residuals)) if residuals else 0.0
+
+
+def baseline_jitter(binary: np.ndarray, mask: np.ndarray, ink: np.ndarray, opening: int, render: RenderConfig,
+                    fonts: list[Path]) -> tuple[dict, str]:
+    """render.y_offset: the jitter whose synthetic captchas leave the baseline as far as the pool's do.
+
+    A few vendored fonts are fitted to the pool's text height and stroke (as the estimate stage fits them),
+    and ``BASELINE_PROBES`` captchas are drawn with each candidate jitter, 0 to a fifth of the height, through
+    the same measurement (``baseline_spread``), with the same random draws: the glyphs' own heights (descenders,
+    capitals) spread the rows in both, so only the jitter is left to match. Rotation is not measured this way:
+    the fonts' own slant outweighs it (docs/experiments.md), so render.rotation keeps its default.
+    """
+    segments = max(2, round(np.mean(render.length)))
+    pool_spread = baseline_spread(ink, segments)
+    height, width = binary.shape[1:]
+    config = EstimateConfig(opening=opening)
+    measured = text_components(binary, mask, config.min_area, opening)
+    styles = []
+    for font in fonts[::max(1, len(fonts) // PROBE_FONTS)][:PROBE_FONTS]:
+        try:
+            fit = fit_font(str(font), measured, render, config, height, width, mask)
+        except SimcaptchaError:  # the font leaves no text component at any size: not a probe
+            continue
+        styles.append(FontStyle(fit.font, (fit.size, fit.size), (fit.stroke, fit.stroke), fit.y_shift))
+    if not styles:
+        return {}, "no vendored font could be fitted to the pool's text: left at its default"
+    spreads = []
+    for jitter in range(height // 5 + 1):
+        probe = dataclasses.replace(render, y_offset=[-jitter, jitter], salt=0.0, use_mask=True)
+        renderer = Renderer(probe, height, width, tuple(styles), mask, spans=measured.spans)
+        rng = np.random.default_rng(0)
+        drawn = np.stack([renderer.captcha(rng)[0] for _ in range(BASELINE_PROBES)])
+        spreads.append(baseline_spread(text_ink(drawn, mask, opening), segments))
+    jitter = int(np.argmin(np.abs(np.asarray(spreads) - pool_spread)))
+    return {"y_offset": [-jitter, jitter]}, (
+        f"the text's rows in {segments} slices of its columns spread {pool_spread:.1f} px (sd) about each "
+        f"captcha's median; captchas drawn with +-{jitter} px spread {spreads[jitter]:.1f} px")
 
 
 def training_machine() -> str:
