@@ -10,7 +10,7 @@ from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
 
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.sites import (SiteRequest, baseline_spread, column_runs, parse_length, random_lines, salt_noise,
-                              site_target, summary, target_text, text_ink, working_size)
+                              site_length, site_target, summary, target_text, text_ink, working_size)
 
 LABELS_CSV = SAMPLES / "dev_labels.csv"
 
@@ -27,6 +27,16 @@ def test_lengths_are_one_number_or_a_range():
     for bad in ("", "0", "6-3", "five", "3-", "-3"):
         with pytest.raises(SimcaptchaError, match="--length"):
             parse_length(bad)
+
+
+def test_labels_that_contradict_the_given_length_decide_it():
+    assert site_length((5, 5), []) == ((5, 5), "as given")
+    assert site_length(None, ["abcd", "abcde"]) == ((4, 5), "the 2 labels hold 4 to 5 characters")
+    assert site_length((3, 6), ["abcd"]) == ((3, 6), "as given; the 1 labels hold 4 to 4 characters")
+    assert site_length((4, 4), ["abcde", "abcde"]) == (
+        (5, 5), "the 2 labels hold 5 to 5 characters, outside the --length 4-4 given: the labels' range")
+    with pytest.raises(SimcaptchaError, match="--length is needed"):
+        site_length(None, [])
 
 
 def test_the_working_size_is_the_native_one_scaled_down_to_fit():
@@ -53,7 +63,8 @@ def test_a_labelled_sample_sets_the_length_and_the_pool_its_size():
 def test_a_varying_length_picks_ctc_and_a_shared_source_reads_the_evaluation_set_unlabelled():
     target, notes = site_target(request(pool=[str(KAGGLE_ZIP)], labelled=[str(KAGGLE_ZIP)], labels="filename",
                                         charset="2345678bcdefgmnpwxy", length=(4, 6)))
-    assert target["classifier"]["head"] == "ctc" and notes["render.length"] == "as given"
+    assert target["classifier"]["head"] == "ctc"
+    assert notes["render.length"] == "as given; the 1040 labels hold 5 to 5 characters"
     assert target["binarize"]["size"] == [50, 200] and target["selftrain"]["exclude_labelled"] is False
 
 

@@ -174,6 +174,23 @@ def labels_of(source: dict, render: RenderConfig) -> list[str]:
     return [render.label_of(label) for label in manifest["label"]]
 
 
+def site_length(given: tuple[int, int] | None, labels: list[str]) -> tuple[tuple[int, int], str]:
+    """render.length and what decided it: the labels' lengths measure the site, so where they fall outside the
+    length the user gave, the labels' range is used (a reader of too few positions cannot read the longer ones)."""
+    if not labels:
+        if not given:
+            raise SimcaptchaError("--length is needed where no labelled captchas are given (e.g. --length 5 or 3-6)")
+        return given, "as given"
+    lengths = [len(label) for label in labels]
+    held = (min(lengths), max(lengths))
+    measured = f"the {len(lengths)} labels hold {held[0]} to {held[1]} characters"
+    if not given:
+        return held, measured
+    if given[0] <= held[0] and held[1] <= given[1]:
+        return given, f"as given; {measured}"
+    return held, f"{measured}, outside the --length {given[0]}-{given[1]} given: the labels' range"
+
+
 def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     """The target's params and a comment per measured key: what was measured."""
     if not NAME.fullmatch(request.name):
@@ -201,15 +218,7 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     ink = text_ink(binary, mask, opening)
     runs = column_runs(ink)
     labels = labels_of(labelled, render) if labelled else []  # fetched once: the length and the charset check
-    length = request.length
-    if length:
-        notes["render.length"] = "as given"
-    elif labelled:
-        lengths = [len(label) for label in labels]
-        length = (min(lengths), max(lengths))
-        notes["render.length"] = f"the {len(lengths)} labels hold {length[0]} to {length[1]} characters"
-    else:
-        raise SimcaptchaError("--length is needed where no labelled captchas are given (e.g. --length 5 or 3-6)")
+    length, notes["render.length"] = site_length(request.length, labels)
     if labelled:  # a label the reader cannot give would only fail the pipeline's first training stage
         outside = sorted(set("".join(labels)) - set(request.charset))
         if outside:
