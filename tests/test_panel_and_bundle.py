@@ -37,7 +37,8 @@ def test_list_prints_each_site_command():
     assert [line.split()[2] for line in out] == ["hackmit2017", "kaggle-v2", "seu-letters", "seu-digits",
                                                 "mnist-digits", "generated-3-6", "receita", "esaj"]
     assert all(line.startswith("simcaptcha site ") for line in out)
-    assert [line.split()[2] for line in out if line.endswith(" --case-insensitive")] == ["receita", "esaj"]
+    assert [line.split()[2] for line in out if line.endswith(" --case-insensitive")] == ["seu-letters", "receita",
+                                                                                          "esaj"]
     generated = next(line for line in out if line.split()[2] == "generated-3-6").split()
     assert generated[-2:] == ["--length", "3-6"]  # one pool source per length, 3 to 6
     assert [source.rsplit("length=", 1)[1] for source in generated if "count=750" in source] == ["3", "4", "5", "6"]
