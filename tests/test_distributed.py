@@ -33,7 +33,7 @@ def run_two_processes(out: Path) -> tuple[dict, dict]:
 def test_two_processes_train_one_model_and_resume(tmp_path):
     first, second = run_two_processes(tmp_path)
     assert first["weights"] == second["weights"]  # DDP averaged the gradients: one model in two processes
-    assert first["weights"] == pytest.approx(11.81376, abs=1e-4)  # one thread a process, fixed seeds: every run
+    assert first["weights"] == pytest.approx(11.8051, abs=1e-4)  # one thread a process, fixed seeds: every run
     assert "val_char_accuracy" in first["reader_log"][-1]  # only the first process validates
     assert "val_char_accuracy" not in second["reader_log"][-1]
     assert len(first["gan_log"]) == len(second["gan_log"]) == 8

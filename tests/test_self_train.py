@@ -130,7 +130,7 @@ def test_one_log_row_per_round_and_the_kept_share_grows(data, tmp_path):
                 "val_captcha_accuracy"} <= set(row)
         assert "epoch" not in row and np.isfinite(row["train_loss"])
     # one thread, fixed seeds: the same figures every run
-    assert [row["lowest_kept_confidence"] for row in log] == pytest.approx([0.2574, 0.26481], abs=2e-5)
+    assert [row["lowest_kept_confidence"] for row in log] == pytest.approx([0.25747, 0.26515], abs=2e-5)
     assert log[0]["relabelled_share"] == 0.0  # nothing was kept before the first round
     assert sorted(path.name for path in (tmp_path / "ck").iterdir()) == ["round-1.pt", "round-2.pt"]
 

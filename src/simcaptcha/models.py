@@ -15,6 +15,17 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
+def feature_size(height: int, width: int, blocks: int, head: str) -> tuple[int, int]:
+    """The reader's feature map height and width, by arithmetic rather than a probe forward: a probe would move
+    the batch norms' running statistics, and on the meta device (modelfile's shape check) it pulls in torch's
+    compiler for its decompositions, seconds at every start. Each block's pool halves both sides, rounding up;
+    CTC's last keeps the width."""
+    for index in range(blocks):
+        height = -(-height // 2)
+        width = width if head == "ctc" and index == blocks - 1 else -(-width // 2)
+    return height, width
+
+
 class Reader(nn.Module):
     """A small CNN that reads a whole captcha.
 
@@ -35,8 +46,7 @@ class Reader(nn.Module):
             layers.append(nn.MaxPool2d((2, 1) if head == "ctc" and last else 2, ceil_mode=True))
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            _, c, h, w = self.features(torch.zeros(1, 1, height, width)).shape
+        c, h, w = channels[-1], *feature_size(height, width, len(channels), head)
         self.dropout = nn.Dropout(dropout)
         if head == "positions":
             self.head = nn.Linear(c * h * w, length * classes)
