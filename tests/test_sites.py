@@ -8,9 +8,13 @@ import yaml
 
 from helpers import CONSOLE_SCRIPT, KAGGLE_ZIP, REPO, SAMPLES, run_cli, run_tool
 
+from simcaptcha.config import EstimateConfig
 from simcaptcha.errors import SimcaptchaError
+from simcaptcha.estimate import text_ink
 from simcaptcha.sites import (SiteRequest, baseline_spread, column_runs, parse_length, random_lines, salt_noise,
-                              site_length, site_target, summary, target_text, text_ink, working_size)
+                              site_length, site_target, summary, target_text, working_size)
+
+MIN_AREA = EstimateConfig().min_area
 
 LABELS_CSV = SAMPLES / "dev_labels.csv"
 
@@ -200,14 +204,14 @@ def test_specks_outside_the_mask_become_salt_noise():
 
 def test_characters_that_share_columns_leave_fewer_column_runs_than_characters():
     mask = np.zeros((50, 120), bool)
-    assert column_runs(text_ink(blocks_and_line(), mask, 0)) == 5
-    assert column_runs(text_ink(blocks_and_line(pitch=6), mask, 0)) == 1  # overlapping: one run of columns
-    assert column_runs(text_ink(blocks_and_line(line="straight"), mask, 1)) == 5  # the line opened away
+    assert column_runs(text_ink(blocks_and_line(), mask, MIN_AREA, 0)) == 5
+    assert column_runs(text_ink(blocks_and_line(pitch=6), mask, MIN_AREA, 0)) == 1  # overlapping: one run
+    assert column_runs(text_ink(blocks_and_line(line="straight"), mask, MIN_AREA, 1)) == 5  # the line opened away
 
 
 def test_characters_off_one_baseline_spread_their_rows():
     mask = np.zeros((50, 120), bool)
-    assert baseline_spread(text_ink(blocks_and_line(), mask, 0), 5) == 0
-    spread = baseline_spread(text_ink(blocks_and_line(jitter=6), mask, 0), 5)
+    assert baseline_spread(text_ink(blocks_and_line(), mask, MIN_AREA, 0), 5) == 0
+    spread = baseline_spread(text_ink(blocks_and_line(jitter=6), mask, MIN_AREA, 0), 5)
     assert 2.5 < spread < 4.5  # a uniform ±6 px has sd 3.7 px; rows about the captcha's median
     assert baseline_spread(np.zeros((3, 50, 120), bool), 5) == 0  # blank captchas: nothing to measure

@@ -75,23 +75,40 @@ def thin_strokes(ink: np.ndarray, opening: int) -> tuple[np.ndarray, np.ndarray]
     return thick, ink & ~ndimage.binary_dilation(thick, square)
 
 
+def outside_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Where text is measured: everywhere but the fixed-noise mask grown by one pixel (its anti-aliased rim)."""
+    return ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(shape, bool)
+
+
+def image_text(image: np.ndarray, outside: np.ndarray, min_area: int, opening: int):
+    """One uint8 image's text: its ink outside the mask, strokes thinner than 2·opening + 1 opened away, in
+    components of at least ``min_area`` pixels. Returns the text ink, its components and the thin ink removed."""
+    thick, thin = thin_strokes((image > 127) & outside, opening)
+    labels = label(thick)
+    text = [component for component in regionprops(labels) if component.area >= min_area]
+    return np.isin(labels, [component.label for component in text]), text, thin
+
+
+def text_ink(images: np.ndarray, mask: np.ndarray, min_area: int, opening: int) -> np.ndarray:
+    """N×H×W bool: each image's text ink as ``text_components`` measures it (specks and thin lines left out)."""
+    outside = outside_mask(mask, images.shape[1:])
+    return np.stack([image_text(image, outside, min_area, opening)[0] for image in images])
+
+
 def text_components(images: np.ndarray, mask: np.ndarray, min_area: int, opening: int = 0) -> TextComponents:
     """Measure the ink outside the (one-pixel-grown) mask of uint8 N×H×W images, text 255.
 
     ``opening`` > 0 first removes strokes thinner than 2·opening + 1 pixels (a site's random thin lines, which
     would join every character into one component); what it removed away from the text is measured as lines.
     """
-    outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(images.shape[1:], bool)
+    outside = outside_mask(mask, images.shape[1:])
     shapes, heights, strokes, per_image, spans, rows, line_spans = [], [], [], [], [], [], []
     for image in images:
-        thick, thin = thin_strokes((image > 127) & outside, opening)
+        ink, text, thin = image_text(image, outside, min_area, opening)
         if opening:
             line_columns = np.flatnonzero(thin.any(axis=0))
             if len(line_columns):
                 line_spans.append((int(line_columns[0]), int(line_columns[-1])))
-        labels = label(thick)
-        text = [component for component in regionprops(labels) if component.area >= min_area]
-        ink = np.isin(labels, [component.label for component in text])  # specks and line fragments left out
         skeleton = skeletonize(ink)
         if skeleton.any():
             strokes.append(float((2 * ndimage.distance_transform_edt(ink)[skeleton]).mean()))

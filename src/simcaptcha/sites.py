@@ -32,7 +32,7 @@ from skimage.morphology import skeletonize
 from .config import (BinarizeConfig, Config, EstimateConfig, FetchConfig, MaskConfig, RenderConfig, SourceConfig,
                      parse_section)
 from .errors import SimcaptchaError
-from .estimate import fit_font, text_components, thin_strokes
+from .estimate import fit_font, text_components, text_ink, thin_strokes
 from .fetch import fetch_set, source_images
 from .fonts import resolve_fonts
 from .imaging import binarize_images, decode_image, detect_polarity, estimate_background, fit_to_size
@@ -215,7 +215,7 @@ def site_target(request: SiteRequest) -> tuple[dict, dict[str, str]]:
     opening = lines.get("estimate", {}).get("opening", 0)
     if lines:
         notes["estimate.opening"] = "the text is measured with those lines removed"
-    ink = text_ink(binary, mask, opening)
+    ink = text_ink(binary, mask, EstimateConfig().min_area, opening)
     runs = column_runs(ink)
     labels = labels_of(labelled, render) if labelled else []  # fetched once: the length and the charset check
     length, notes["render.length"] = site_length(request.length, labels)
@@ -266,20 +266,6 @@ def salt_noise(binary: np.ndarray, mask: np.ndarray) -> tuple[dict, str]:
     if share < MIN_SALT:
         return {}, f"{share:.2%} of pixels are specks of at most {SPECK} px: no salt noise"
     return {"salt": share}, f"{share:.2%} of pixels are specks of at most {SPECK} px"
-
-
-def text_ink(binary: np.ndarray, mask: np.ndarray, opening: int) -> np.ndarray:
-    """N×H×W bool: each captcha's text as the estimate stage measures it: outside the one-pixel-grown mask, thin
-    strokes opened away (``opening``), components of at least estimate.min_area pixels."""
-    outside = ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(binary.shape[1:], bool)
-    min_area = EstimateConfig().min_area
-    inks = []
-    for image in binary:
-        components, _ = ndimage.label(thin_strokes((image > 127) & outside, opening)[0], structure=np.ones((3, 3)))
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0  # the background is no text
-        inks.append((sizes >= min_area)[components])
-    return np.stack(inks)
 
 
 def column_runs(ink: np.ndarray) -> float:
@@ -337,7 +323,7 @@ def baseline_jitter(binary: np.ndarray, mask: np.ndarray, ink: np.ndarray, openi
         renderer = Renderer(probe, height, width, tuple(styles), mask, spans=measured.spans)
         rng = np.random.default_rng(0)
         drawn = np.stack([renderer.captcha(rng)[0] for _ in range(BASELINE_PROBES)])
-        spreads.append(baseline_spread(text_ink(drawn, mask, opening), segments))
+        spreads.append(baseline_spread(text_ink(drawn, mask, config.min_area, opening), segments))
     jitter = int(np.argmin(np.abs(np.asarray(spreads) - pool_spread)))
     return {"y_offset": [-jitter, jitter]}, (
         f"the text's rows in {segments} slices of its columns spread {pool_spread:.1f} px (sd) about each "
