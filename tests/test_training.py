@@ -21,7 +21,7 @@ from simcaptcha import reader_training, reading, simgan
 from simcaptcha.config import AugmentConfig, ClassifierConfig, GanConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.image_history import ImageHistory
-from simcaptcha.models import PatchDiscriminator, Reader, Refiner
+from simcaptcha.models import PatchDiscriminator, Reader, Refiner, feature_size
 from simcaptcha.reading import LabelCoder
 
 CPU = torch.device("cpu")
@@ -311,6 +311,24 @@ def test_read_images_independent_of_batch_size():
     assert whole[0] == pieces[0]
     assert whole[1] == pytest.approx(pieces[1], rel=1e-5)
     assert len(whole[0]) == 10 and all(len(text) == 2 for text in whole[0])
+
+
+# ---------------------------------------------------------------- Reader
+@pytest.mark.parametrize("head", ["positions", "ctc"])
+@pytest.mark.parametrize("height,width", [(50, 100), (1, 1), (17, 33), (25, 80), (3, 2)])
+@pytest.mark.parametrize("blocks", [1, 3, 4])
+def test_the_readers_feature_size_is_what_its_layers_give(head, height, width, blocks):
+    reader = Reader(height, width, 10, 4, head, channels=(4,) * blocks).eval()
+    with torch.no_grad():
+        assert tuple(reader.features(torch.zeros(1, 1, height, width)).shape[2:]) == \
+            feature_size(height, width, blocks, head)
+
+
+def test_building_a_reader_leaves_its_batch_norms_untouched():
+    """No probe forward: every batch norm starts from zero mean, unit variance and no batch seen."""
+    norms = [module for module in Reader(50, 100, 10, 4).modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert norms and all(int(norm.num_batches_tracked) == 0 and bool((norm.running_var == 1).all())
+                         for norm in norms)
 
 
 # ---------------------------------------------------------------- train_reader
