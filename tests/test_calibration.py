@@ -123,7 +123,8 @@ def test_equal_images_have_equal_digests():
 
 # ---------------------------------------------------------------- precision "auto"
 @pytest.mark.parametrize("flags, expected", [("fpu avx512f avx512_bf16 amx_bf16 amx_tile", True),
-                                             ("fpu avx512f avx512_bf16", False)])
+                                             ("fpu avx512f avx512_bf16", True),
+                                             ("fpu avx2 avx512f avx512bw", False), ("fpu avx2 fma", False)])
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, expected):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")

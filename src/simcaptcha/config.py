@@ -216,7 +216,8 @@ class ClassifierConfig:
     validation_share: float = bounded(0.05, 0.0, 0.5)  # held-out synthetic images (never real ones)
     augment_on_the_fly: bool = True  # apply the augment section's transforms to every training batch again
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # bfloat16: convolutions under autocast, faster only
-    #   where the hardware has it (AMX CPUs, GPUs) and several times slower where it is emulated; auto detects it
+    #   where the hardware has it (CPUs with AMX or AVX-512 BF16, GPUs), several times slower where it is emulated;
+    #   auto detects it
     real_labels: int = bounded(0, 0, MAX_IMAGES)  # real labelled captchas allowed into training; evaluate skips them
     refined_epochs: int = bounded(2, 0, 1000)  # the refined reader fine-tunes the synthetic reader this many epochs: a
     #   refined image is a synthetic one with a few pixels changed, which that reader already reads; 0: from scratch

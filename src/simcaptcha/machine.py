@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
+BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # CPU flags of hardware bfloat16 products
 
 
 def available_cores() -> int:
@@ -38,13 +39,13 @@ def cpu_model() -> str:
 
 
 def has_native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products in hardware (Intel AMX). Without it torch emulates
-    them, and bfloat16 autocast trains several times slower than float32 (AVX-512 BF16 alone is not enough:
-    oneDNN's convolutions take the fast path only with AMX tiles). Read from the kernel's CPU flags: never
-    assumed from the CPU's make."""
+    """Whether this CPU computes bfloat16 products in hardware: AMX tiles (``amx_bf16``) or AVX-512 BF16 dot
+    products (``avx512_bf16``), both of which oneDNN's convolutions use. Without either torch emulates bfloat16,
+    and autocast trains several times slower than float32. Read from the kernel's CPU flags: never assumed from
+    the CPU's make (machines named "AMD EPYC" come with and without ``avx512_bf16``)."""
     try:
         with open(CPUINFO, encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in info)
+            return any(line.startswith("flags") and not BFLOAT16_FLAGS.isdisjoint(line.split()) for line in info)
     except OSError:  # not Linux: no way to tell, so no bfloat16
         return False
 

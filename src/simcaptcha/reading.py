@@ -27,7 +27,8 @@ def pick_device() -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``classifier.precision`` as it runs on ``device``: "auto" is bfloat16 where the hardware computes it
-    natively (a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere, where emulated bfloat16 is slower."""
+    natively (a CUDA GPU that supports it, a CPU with AMX or AVX-512 BF16), float32 elsewhere, where emulated
+    bfloat16 is slower."""
     if precision != "auto":
         return precision
     if device.type == "cuda":

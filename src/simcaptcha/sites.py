@@ -339,8 +339,8 @@ def training_machine() -> str:
                                                           else "the GPU has no bfloat16")
     else:
         where = f"{cpu_model()}, {available_cores()} cores, no GPU"
-        why = "the CPU has AMX (amx_bf16)" if precision == "bfloat16" else \
-            "no AMX on this CPU: emulated bfloat16 trains several times slower"
+        why = "the CPU computes bfloat16 (amx_bf16 or avx512_bf16)" if precision == "bfloat16" else \
+            "neither amx_bf16 nor avx512_bf16 on this CPU: emulated bfloat16 trains several times slower"
     return f"machine: {where}; readers train in {precision} (classifier.precision auto: {why})"
 
 
