@@ -27,7 +27,8 @@ labels = ["".join(rng.choice(list("ab"), 2)) for _ in range(64)]
 coder = LabelCoder("ab", 2, "positions")
 torch.manual_seed(0)
 reader = Reader(20, 40, 2, 2, channels=(4, 8))
-reader_log = train_reader(reader, coder, images, labels, ClassifierConfig(epochs=2, batch_size=16, channels=[4, 8]),
+reader_log = train_reader(reader, coder, images, labels, ClassifierConfig(epochs=2, batch_size=16, channels=[4, 8],
+                                                                       precision="float32"),
                           None, out / "reader.pt", device)
 refiner = Refiner(4, 1)
 gan_log = train_gan(refiner, PatchDiscriminator(4), images, labels, images, reader, coder,

@@ -21,7 +21,8 @@ from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig
 from simcaptcha.modelfile import ReaderSpec, save_reader
 from simcaptcha.onnxfile import ONNX_FORMAT, OPSET
-from simcaptcha.predict import export_onnx, predict
+from simcaptcha.inference import export_onnx
+from simcaptcha.predict import predict
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -170,6 +171,16 @@ def test_predict_command_with_an_onnx_model(capsys, tmp_path, readers):
     by_onnx = csv_rows((tmp_path / "out.csv").read_text())
     assert [row[:2] for row in by_onnx] == [row[:2] for row in csv_rows(by_torch)]
     assert all(abs(float(a[2]) - float(b[2])) <= 1.0001e-4 for a, b in zip(by_onnx, csv_rows(by_torch)))
+
+
+@pytest.mark.slow  # a new Python process: about a second
+def test_predict_with_an_onnx_model_never_imports_torch(readers):
+    """An ONNX reader starts without torch's seconds of imports: nothing on its way loads torch."""
+    code = ("import sys; from simcaptcha.predict import predict; "
+            f"rows = list(predict({str(readers[1])!r}, [{str(CALIBRATION)!r}])); "
+            "print(len(rows), sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "1000 []\n", "")
 
 
 # ---------------------------------------------------------------- unusable files

@@ -21,7 +21,8 @@ from simcaptcha import imaging
 from simcaptcha.config import BinarizeConfig
 from simcaptcha.errors import SimcaptchaError
 from simcaptcha.modelfile import ReaderSpec, save_reader
-from simcaptcha.predict import Predictor, inference_reader, predict, read_inputs
+from simcaptcha.inference import inference_reader
+from simcaptcha.predict import Predictor, predict, read_inputs
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 

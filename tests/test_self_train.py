@@ -75,7 +75,8 @@ def biased_reader(state: dict) -> Reader:
 
 
 def reader_config(**changes) -> ClassifierConfig:
-    settings = dict(epochs=1, batch_size=16, channels=list(CHANNELS))
+    """float32 unless a test asks otherwise ("auto" would depend on the CPU's bfloat16)."""
+    settings = dict(epochs=1, batch_size=16, channels=list(CHANNELS), precision="float32")
     settings.update(changes)
     return ClassifierConfig(**settings)
 

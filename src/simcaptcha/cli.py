@@ -138,7 +138,7 @@ def command_predict(args: argparse.Namespace) -> None:
 
 
 def command_export(args: argparse.Namespace) -> None:
-    from .predict import export_onnx
+    from .inference import export_onnx
 
     export_onnx(args.model, args.onnx)
 

@@ -1,13 +1,14 @@
 """Readers as ONNX files, for runtimes other than torch: writing one, and reading it back with onnxruntime.
 
-The graph is the reader with its batch norms folded (``predict.inference_reader``): input ``images``, float
+The graph is the reader with its batch norms folded (``inference.inference_reader``): input ``images``, float
 N×1×H×W in [0, 1] exactly as ``reading.to_batch`` makes it (text 1), any N; output ``scores``, the class scores
 the torch reader returns. The model's ``metadata_props`` carry what ``simcaptcha predict`` needs besides the graph,
 as in a safetensors reader file: ``format``, and the JSON fields charset, length, head, channels, height, width,
 binarize, polarity and trained_on_real; ``background`` holds the site's background estimate as JSON,
 ``{"shape": [...], "float32": base64 of its little-endian bytes}``, or ``null`` (a graph initializer that no node
 used would be dropped, with a warning, by onnxruntime). The ``onnx`` and ``onnxruntime`` packages are an optional
-extra: ``pip install 'simcaptcha[onnx]'``.
+extra: ``pip install 'simcaptcha[onnx]'``. Reading a file imports neither torch nor onnx, only onnxruntime:
+``simcaptcha predict`` with an ONNX reader starts without torch's seconds of imports.
 """
 
 from __future__ import annotations
@@ -20,21 +21,23 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import SimcaptchaError
-from .modelfile import ReaderSpec, reader_spec
-from .reading import to_batch
+from .readerspec import ReaderSpec, reader_spec
 from .store import read_regular_file, write_bytes
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ONNX_FORMAT = "simcaptcha-reader-onnx/1"
 ONNX_SUFFIX = ".onnx"
 OPSET = 17
 INPUT, OUTPUT = "images", "scores"
 MAX_ONNX_BYTES = 1 << 30  # a reader is a few MB; a bigger file is not one, and would only fill memory
+READ_CHUNK = 32  # images per run on the CPU: larger chunks fall out of the cache and read no faster
 
 
 def _optional(name: str) -> ModuleType:
@@ -52,8 +55,10 @@ def _one_line(error: BaseException) -> str:
 def write_onnx(path: str | Path, reader: nn.Module, spec: ReaderSpec, background: np.ndarray | None) -> None:
     """Export ``reader`` (in eval mode, batch norms folded) with its spec and background to ``path``, whole or not
     at all."""
+    import torch  # writing a file needs the reader's own runtime; reading one does not
+
     onnx = _optional("onnx")
-    example = to_batch(np.zeros((1, spec.height, spec.width), np.uint8), torch.device("cpu"))
+    example = torch.zeros(1, 1, spec.height, spec.width)
     graph = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter, which torch (pinned) still has, warns that it is deprecated; the dynamo
@@ -81,14 +86,16 @@ def _metadata(spec: ReaderSpec, background: np.ndarray | None) -> dict[str, str]
 
 # ---------------------------------------------------------------- reading
 class OnnxReader:
-    """An exported reader in an onnxruntime session, called as the torch reader is: a ``to_batch`` batch in,
-    class scores out."""
+    """An exported reader in an onnxruntime session, called as ``inference.TorchReader`` is: the reader's uint8
+    N×H×W input (text 255, at least one image) in, class scores out, ``READ_CHUNK`` images per run."""
 
     def __init__(self, session):
         self.session = session
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: batch.cpu().numpy()})[0])
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.session.run([OUTPUT], {INPUT: images[start:start + READ_CHUNK, None]
+                                                           / np.float32(255)})[0]
+                               for start in range(0, len(images), READ_CHUNK)])
 
 
 def load_onnx(path: str | Path, threads: int) -> tuple[OnnxReader, ReaderSpec, np.ndarray | None]:

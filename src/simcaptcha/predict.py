@@ -2,7 +2,8 @@
 
 Everything about preprocessing comes from the model file (image size, binarize params, the site's background
 estimate and text polarity), so a reader trained on one target reads that target's captchas with nothing else.
-The model file is a safetensors reader (read by torch) or its ONNX export (``.onnx``, read by onnxruntime).
+The model file is a safetensors reader (read by torch) or its ONNX export (``.onnx``, read by onnxruntime, with
+no torch imported: the first result comes a second or two sooner).
 Inputs are whatever ``fetch`` reads (challenge JSON, zip/tar archives, folders, single images; paths or URLs);
 images are decoded, binarized and read one batch at a time, the next batch being prepared while the reader
 reads the current one, so memory stays bounded by the encoded files plus one or two batches.
@@ -10,7 +11,6 @@ reads the current one, so memory stays bounded by the encoded files plus one or 
 
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import sys
@@ -21,21 +21,17 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import bundled
 from .config import FetchConfig, SourceConfig
+from .decoding import decode_scores
 from .errors import EXIT_ERROR, SimcaptchaError
 from .fetch import fetch_set, source_images
 from .imaging import binarize_images, decode_image, decode_set, fit_to_size
-from .modelfile import ReaderSpec, load_reader
-from .models import Reader
-from .onnxfile import ONNX_SUFFIX, load_onnx, write_onnx
+from .machine import reading_threads
+from .onnxfile import ONNX_SUFFIX, load_onnx
+from .readerspec import ReaderSpec
 from .store import atomic_path
-from .machine import available_cores
-from .reading import pick_device, read_chunk, to_batch
 
 CSV_HEADER = ("name", "prediction", "confidence")
 ERROR_COLUMN = "error"  # with --skip-bad: why a row has no reading, empty where it has one
@@ -67,52 +63,23 @@ def preprocess_each(blobs: Sequence[bytes], names: Sequence[str], reasons: Seque
 
 
 # ---------------------------------------------------------------- the reader
-def inference_reader(model: Reader) -> Reader:
-    """A copy of ``model`` for reading only: batch norms folded into the convolutions before them, eval mode.
-
-    Same outputs up to float rounding, and on the CPU about twice as fast (an eval batch norm in channels_last
-    is a separate pass over the largest activations).
-    """
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module._modules.items())
-        for (conv_key, conv), (norm_key, norm) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
-                module._modules[conv_key] = fuse_conv_bn_eval(conv, norm)
-                module._modules[norm_key] = nn.Identity()
-    return model
-
-
-def reading_threads() -> int:
-    """Threads for the reader on the CPU: one core is left to the thread that decodes and binarizes the next batch.
-
-    On a busy machine this matters more: two torch threads on two shared cores wait on each other at every layer
-    (measured 2.4x slower than one thread while another process kept one of the two cores busy).
-    """
-    return max(1, available_cores() - 1)
-
-
 class Predictor:
     """A reader file, loaded once: preprocessing and reading for batches of encoded images. A ``.onnx`` file (made
-    by ``simcaptcha export``) is read by onnxruntime on the CPU, any other as a safetensors reader by torch."""
+    by ``simcaptcha export``) is read by onnxruntime on the CPU, any other as a safetensors reader by torch (on the
+    GPU when there is one; on the CPU it sets torch's thread count to ``reading_threads()``)."""
 
     def __init__(self, model_path: str | Path):
         model_path = bundled.model_path(model_path)
         if model_path.suffix.lower() == ONNX_SUFFIX:
-            self.model, self.spec, self.background = load_onnx(model_path, reading_threads())
-            self.device = torch.device("cpu")
+            self.reader, self.spec, self.background = load_onnx(model_path, reading_threads())
         else:
-            model, self.spec, self.background = load_reader(model_path)
-            self.device = pick_device()
-            self.model = inference_reader(model).to(self.device, memory_format=torch.channels_last)
+            from .inference import load_torch_reader  # torch, for this kind of file only
+            self.reader, self.spec, self.background = load_torch_reader(model_path)
         fits = ((1, self.spec.width), (self.spec.height, 1), (self.spec.height, self.spec.width))
         if self.background is not None and (self.background.ndim != 3 or self.background.shape[2] != 3
                                             or self.background.shape[:2] not in fits):
             raise SimcaptchaError(f"{model_path}: its background has shape {tuple(self.background.shape)}, "
                                   f"which does not fit {self.spec.height}x{self.spec.width} RGB images")
-        self.coder = self.spec.coder()
 
     def preprocess(self, blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
         return preprocess(blobs, names, self.spec, self.background)
@@ -121,18 +88,11 @@ class Predictor:
                         reasons: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return preprocess_each(blobs, names, reasons, self.spec, self.background)
 
-    @torch.inference_mode()
     def read(self, images: np.ndarray) -> tuple[list[str], list[float]]:
         """Text and confidence for the reader's uint8 N×H×W input."""
-        chunk = read_chunk(self.device, max(len(images), 1))
-        texts: list[str] = []
-        confidences: list[float] = []
-        for start in range(0, len(images), chunk):
-            batch_texts, batch_confidences = self.coder.decode(self.model(to_batch(images[start:start + chunk],
-                                                                                   self.device)))
-            texts += batch_texts
-            confidences += batch_confidences
-        return texts, confidences
+        if not len(images):
+            return [], []
+        return decode_scores(self.reader(images), self.spec.charset, self.spec.head)
 
 
 def read_inputs(inputs: Sequence[str]) -> tuple[list[bytes], list[str]]:
@@ -196,14 +156,11 @@ def predict(model_path: str | Path, inputs: Sequence[str], batch_size: int = 512
     The model file and the inputs are read (and, without ``skip_bad``, every image checked) before this returns,
     so errors come before any result; the images are decoded, binarized and read batch by batch as the results are
     consumed. With ``skip_bad`` an unreadable input or image does not stop the run: rows are (name, prediction, confidence,
-    error), and such an input or image has ("", 0.0, the one-line reason). On the CPU it sets torch's thread
-    count to ``reading_threads()``.
+    error), and such an input or image has ("", 0.0, the one-line reason).
     """
     if batch_size < 1:
         raise SimcaptchaError(f"--batch-size must be at least 1, got {batch_size}")
     predictor = Predictor(model_path)
-    if predictor.device.type == "cpu":
-        torch.set_num_threads(reading_threads())
     if skip_bad:
         return _predict_batches(predictor, *read_each_input(inputs), batch_size)
     return _predict_batches(predictor, *read_inputs(inputs), None, batch_size)
@@ -239,14 +196,6 @@ def _rows_with_errors(names: list[str], texts: list[str], confidences: list[floa
     readings = zip(texts, confidences)
     for name, reason in zip(names, reasons):
         yield (name, "", 0.0, reason) if reason else (name, *next(readings), "")
-
-
-def export_onnx(model_path: str | Path, onnx_path: str | Path) -> None:
-    """``simcaptcha export``: the reader file as an ONNX graph of the reader as ``Predictor`` runs it."""
-    if Path(onnx_path).suffix.lower() != ONNX_SUFFIX:
-        raise SimcaptchaError(f"{onnx_path}: an ONNX file's name must end in {ONNX_SUFFIX} (predict tells it by that)")
-    model, spec, background = load_reader(bundled.model_path(model_path))
-    write_onnx(onnx_path, inference_reader(model), spec, background)
 
 
 def write_predictions(model_path: str | Path, inputs: Sequence[str], batch_size: int,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .decoding import BLANK, decode_scores
 from .machine import available_cores, has_native_bfloat16
 from .models import Reader
 
@@ -69,32 +70,11 @@ class LabelCoder:
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
         log_probs = logits.log_softmax(-1).transpose(0, 1)  # T×N×C
         columns = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
-        return F.ctc_loss(log_probs, codes, columns, lengths, blank=0, zero_infinity=True)
+        return F.ctc_loss(log_probs, codes, columns, lengths, blank=BLANK, zero_infinity=True)
 
     def decode(self, logits: torch.Tensor) -> tuple[list[str], list[float]]:
-        """Each reading and its confidence: the reader's probability of that whole reading. positions: the
-        product of each position's top probability; CTC: the probability of the greedy reading summed over every
-        alignment that gives it (the CTC forward pass), not of the one best path, whose blank columns would
-        count against a reading that no other alignment disputes."""
-        log_probabilities = logits.float().log_softmax(-1)
-        best, classes = log_probabilities.max(-1)
-        if self.head == "positions":
-            texts = ["".join(self.charset[c] for c in row) for row in classes.tolist()]
-            return texts, best.sum(-1).exp().tolist()
-        codes = []
-        for row in classes.tolist():  # greedy CTC: merge repeats, drop blanks
-            codes.append([c for position, c in enumerate(row) if c != 0 and (position == 0 or c != row[position - 1])])
-        texts = ["".join(self.charset[c - 1] for c in row) for row in codes]
-        if not codes:
-            return texts, []
-        targets = torch.zeros(len(codes), max(1, max(map(len, codes))), dtype=torch.long)
-        for index, row in enumerate(codes):
-            targets[index, :len(row)] = torch.tensor(row, dtype=torch.long)
-        columns = torch.full((len(codes),), logits.shape[1], dtype=torch.long)
-        lengths = torch.tensor([len(row) for row in codes], dtype=torch.long)
-        negative_log = F.ctc_loss(log_probabilities.transpose(0, 1), targets, columns, lengths, blank=0,
-                                  reduction="none")
-        return texts, negative_log.neg().exp().clamp(max=1.0).tolist()
+        """Each reading and its confidence, the reader's probability of that whole reading (``decode_scores``)."""
+        return decode_scores(logits.detach().float().cpu().numpy(), self.charset, self.head)
 
 
 def read_chunk(device: torch.device, batch_size: int) -> int:
