@@ -80,7 +80,8 @@ def outside_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return ~ndimage.binary_dilation(mask, iterations=1) if mask.any() else np.ones(shape, bool)
 
 
-def image_text(image: np.ndarray, outside: np.ndarray, min_area: int, opening: int):
+def image_text(image: np.ndarray, outside: np.ndarray, min_area: int,
+               opening: int) -> tuple[np.ndarray, list, np.ndarray]:
     """One uint8 image's text: its ink outside the mask, strokes thinner than 2·opening + 1 opened away, in
     components of at least ``min_area`` pixels. Returns the text ink, its components and the thin ink removed."""
     thick, thin = thin_strokes((image > 127) & outside, opening)
