@@ -98,9 +98,24 @@ def test_evaluation_captchas_are_kept_out_of_the_pool_by_content_not_by_name():
     labelled = image_set(images[[3, 7]], ["0.png", "1.png"])  # the same names as two other pool captchas
     read, held_out = pool_rows(pool, labelled, SelfTrainConfig(holdout=3))  # 18 left: 1 held out
     assert not read[[3, 7]].any() and not held_out[[3, 7]].any()
-    assert read[[0, 1]].all()
-    assert np.flatnonzero(held_out).tolist() == [19]  # the last of what is left, a tenth of it at most
+    assert (read | held_out)[[0, 1]].all()  # named as the labelled captchas, but other captchas
+    left = [row for row in range(20) if row not in (3, 7)]  # the highest digest of what is left, a tenth at most
+    assert np.flatnonzero(held_out).tolist() == [max(left, key=lambda row: image_digests(images[row:row + 1])[0])]
     assert read.sum() == 17
+
+
+def test_the_held_out_share_is_drawn_across_a_pool_sorted_by_label():
+    """A pool stored class by class (MNIST's order, files named by their text) gives a held-out share of every
+    class, not the last class's captchas; the same pixels give the same share, whatever the names."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1000, 4, 4), dtype=np.uint8)
+    classes = np.repeat(np.arange(10), 100)
+    pool = image_set(images, [f"{label}_{index:04d}" for index, label in enumerate(classes)])
+    none = image_set(images[:0], [])
+    _, held_out = pool_rows(pool, none, SelfTrainConfig(holdout=100))
+    assert held_out.sum() == 100 and np.bincount(classes[held_out], minlength=10).max() <= 25
+    renamed = image_set(images, [f"{index}.png" for index in range(1000)])
+    assert np.array_equal(pool_rows(renamed, none, SelfTrainConfig(holdout=100))[1], held_out)
 
 
 def test_the_held_out_share_is_at_most_a_tenth_of_the_pool_and_may_be_none():
