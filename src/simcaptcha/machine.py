@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
+CPU_READ_CHUNK = 32  # images per forward pass of a reader on a CPU, torch's or onnxruntime's: larger chunks fall
+#                      out of the cache and read no faster
 BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # CPU flags of hardware bfloat16 products
 
 

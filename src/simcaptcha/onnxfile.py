@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import SimcaptchaError
+from .machine import CPU_READ_CHUNK
 from .readerspec import ReaderSpec, reader_spec
 from .store import read_regular_file, write_bytes
 
@@ -37,7 +38,6 @@ ONNX_SUFFIX = ".onnx"
 OPSET = 17
 INPUT, OUTPUT = "images", "scores"
 MAX_ONNX_BYTES = 1 << 30  # a reader is a few MB; a bigger file is not one, and would only fill memory
-READ_CHUNK = 32  # images per run on the CPU: larger chunks fall out of the cache and read no faster
 
 
 def _optional(name: str) -> ModuleType:
@@ -87,15 +87,15 @@ def _metadata(spec: ReaderSpec, background: np.ndarray | None) -> dict[str, str]
 # ---------------------------------------------------------------- reading
 class OnnxReader:
     """An exported reader in an onnxruntime session, called as ``inference.TorchReader`` is: the reader's uint8
-    N×H×W input (text 255, at least one image) in, class scores out, ``READ_CHUNK`` images per run."""
+    N×H×W input (text 255, at least one image) in, class scores out, ``CPU_READ_CHUNK`` images per run."""
 
     def __init__(self, session):
         self.session = session
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.session.run([OUTPUT], {INPUT: images[start:start + READ_CHUNK, None]
+        return np.concatenate([self.session.run([OUTPUT], {INPUT: images[start:start + CPU_READ_CHUNK, None]
                                                            / np.float32(255)})[0]
-                               for start in range(0, len(images), READ_CHUNK)])
+                               for start in range(0, len(images), CPU_READ_CHUNK)])
 
 
 def load_onnx(path: str | Path, threads: int) -> tuple[OnnxReader, ReaderSpec, np.ndarray | None]:

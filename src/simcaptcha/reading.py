@@ -13,10 +13,9 @@ import torch.nn.functional as F
 
 from . import distributed
 from .decoding import BLANK, decode_scores
-from .machine import available_cores, has_native_bfloat16
+from .machine import CPU_READ_CHUNK, available_cores, has_native_bfloat16
 from .models import Reader
 
-CPU_READ_CHUNK = 32  # images per forward pass on a CPU: larger chunks fall out of the cache
 
 
 def pick_device() -> torch.device:
