@@ -18,7 +18,7 @@ from .modelfile import load_reader
 from .models import Reader
 from .onnxfile import ONNX_SUFFIX, write_onnx
 from .readerspec import ReaderSpec
-from .reading import pick_device, read_chunk, to_batch
+from .reading import pick_device, read_logits
 
 
 def inference_reader(model: Reader) -> Reader:
@@ -49,11 +49,8 @@ class TorchReader:
             torch.set_num_threads(reading_threads())
         self.model = inference_reader(model).to(self.device, memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        chunk = read_chunk(self.device, len(images))
-        return torch.cat([self.model(to_batch(images[start:start + chunk], self.device)).float().cpu()
-                          for start in range(0, len(images), chunk)]).numpy()
+        return read_logits(self.model, images, len(images), self.device).numpy()
 
 
 def load_torch_reader(path: Path) -> tuple[TorchReader, ReaderSpec, np.ndarray | None]:
